@@ -1,0 +1,170 @@
+"""
+One experiment end to end: train a VAE or IWAE, score it with the importance-
+sampling evaluator, and write its metrics, history, checkpoint and pictures.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_iwae import plots
+from pyro_iwae.atomic import atomic_open
+from pyro_iwae.data import load_dataset
+from pyro_iwae.evaluation import active_units, log_likelihood
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+from pyro_iwae.training import learning_rates, train
+
+#: fields that a checkpoint must share with the run that resumes it
+TRAINING_FIELDS = ("objective", "particles", "layers", "dataset", "schedule", "batch_size", "lr", "train_size", "seed")
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything a run depends on; the flags of ``examples/mnist.py``."""
+
+    objective: str = "iwae"
+    particles: int = 1
+    layers: int = 1
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    epochs: int | None = None
+    schedule: str = "constant"
+    batch_size: int = 20
+    lr: float = 1e-3
+    eval_particles: int = 5000
+    eval_batch_size: int = 100
+    train_size: int | None = None
+    test_size: int | None = None
+    device: str = "auto"
+    seed: int = 0
+    out: str = "runs/default"
+    resume: bool = False
+    plots: bool = True
+    progress: bool = True
+    validate: bool = False
+
+    def training_config(self) -> dict:
+        return {name: getattr(self, name) for name in TRAINING_FIELDS}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA where available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+    return torch.device(device)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "lr", "loss", "seconds"])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def run(config: ExperimentConfig) -> dict:
+    """
+    Train, evaluate and write ``metrics.json``, ``history.csv``,
+    ``checkpoint.pt`` and (unless ``config.plots`` is False) the pictures to ``config.out``.
+
+    :returns: the metrics.
+    """
+    if config.layers not in ARCHITECTURES:
+        raise ValueError(f"--layers must be one of {sorted(ARCHITECTURES)}, got {config.layers}")
+    if config.eval_particles < 1:
+        raise ValueError(f"--eval-particles must be at least 1, got {config.eval_particles}")
+    rates = learning_rates(config.schedule, config.lr, config.epochs)
+    objective = make_objective(config.objective, config.particles)
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pyro.enable_validation(config.validate)
+    pyro.clear_param_store()
+
+    dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
+    torch.manual_seed(config.seed)
+    vae = VAE(*ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0)).to(device)
+    history = train(
+        vae,
+        vae.model,
+        vae.guide,
+        objective,
+        dataset.train,
+        rates,
+        batch_size=config.batch_size,
+        dynamic_binarization=dataset.dynamic_binarization,
+        seed=config.seed,
+        checkpoint_path=out / "checkpoint.pt",
+        config=config.training_config(),
+        resume=config.resume,
+        progress=config.progress,
+        on_epoch_end=lambda history: write_history(out / "history.csv", history),
+    )
+
+    test = dataset.test.to(device)
+    start = time.perf_counter()
+    estimate = log_likelihood(
+        vae.model, vae.guide, test, config.eval_particles, config.eval_batch_size, progress=config.progress
+    )
+    eval_seconds = time.perf_counter() - start
+    active = active_units(vae.guide, test)
+    metrics = dict(
+        objective=config.objective,
+        particles=config.particles,
+        layers=config.layers,
+        dataset=config.dataset,
+        epochs=len(history),
+        schedule=config.schedule,
+        batch_size=config.batch_size,
+        train_size=dataset.train.shape[0],
+        test_size=test.shape[0],
+        eval_particles=config.eval_particles,
+        test_log_likelihood=estimate.log_likelihood.mean().item(),
+        test_log_likelihood_stderr=(estimate.log_likelihood.std() / test.shape[0] ** 0.5).item(),
+        test_elbo=estimate.elbo.mean().item(),
+        active_units=sum(int(units.sum()) for units in active.values()),
+        active_units_per_layer={name: int(units.sum()) for name, units in active.items()},
+        final_train_loss=history[-1]["loss"] if history else None,
+        train_seconds=sum(row["seconds"] for row in history),
+        eval_seconds=eval_seconds,
+        device=str(device),
+        seed=config.seed,
+        torch_version=torch.__version__,
+        pyro_version=pyro.__version__,
+        config=dataclasses.asdict(config),
+    )
+    write_json(out / "metrics.json", metrics)
+    if config.plots:
+        save_plots(vae, test, history, out, f"{config.objective} k={config.particles}, {config.layers} layer(s)")
+    return metrics
+
+
+def save_plots(vae: VAE, test: torch.Tensor, history: list[dict], out: Path, label: str) -> None:
+    """``reconstructions.png``, ``samples.png``, ``latent_traversal.png`` and ``training_curve.png``."""
+    x = test[:32]
+    # rows: 16 test images, their reconstructions, the next 16, their reconstructions
+    recon = plots.reconstructions(vae.model, vae.guide, x)
+    rows = torch.stack([x.reshape(2, 16, -1), recon.reshape(2, 16, -1)], 1).reshape(-1, x.shape[1])
+    plots.save_image_grid(out / "reconstructions.png", rows, 16, f"test images (odd rows), reconstructions: {label}")
+    plots.save_image_grid(out / "samples.png", plots.samples(vae.model, 64, device=test.device), 8, f"samples: {label}")
+    traversal = plots.latent_traversal(vae.model, vae.guide, test, vae.latent_names[0])
+    plots.save_image_grid(
+        out / "latent_traversal.png", traversal, 11, f"{vae.latent_names[0]}: most active units, -3 to +3 sd: {label}"
+    )
+    if history:
+        plots.plot_training_curve(history, out / "training_curve.png", label)

@@ -1,0 +1,119 @@
+"""
+Pictures of a trained model, made with numpy and matplotlib (no torchvision).
+
+All image functions take flattened 28x28 images, ``[num_images, 784]``, and
+read the observation site ``"x"`` of the model through Pyro handlers, so they
+work for any model whose likelihood has a ``.mean``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from pyro import poutine
+
+from pyro_iwae.evaluation import importance_traces, posterior_means
+
+SIDE = 28
+
+
+def image_grid(images: torch.Tensor, num_columns: int, padding: int = 2) -> np.ndarray:
+    """
+    Tile ``[num_images, 784]`` images into one ``[height, width]`` array, row by row,
+    with ``padding`` pixels of faint ink between them.
+    """
+    images = images.detach().cpu().reshape(-1, SIDE, SIDE).numpy()
+    num_rows = -(-images.shape[0] // num_columns)
+    cell = SIDE + padding
+    grid = np.full((num_rows * cell + padding, num_columns * cell + padding), 0.15, dtype=np.float32)
+    for index, image in enumerate(images):
+        row, column = divmod(index, num_columns)
+        grid[
+            padding + row * cell : padding + row * cell + SIDE, padding + column * cell : padding + column * cell + SIDE
+        ] = image
+    return grid
+
+
+def save_image_grid(path: str | os.PathLike, images: torch.Tensor, num_columns: int, title: str = "") -> None:
+    """Write :func:`image_grid` of ``images`` to ``path``: ink (pixel value 1) dark on white."""
+    grid = image_grid(images, num_columns)
+    figure = Figure(figsize=(grid.shape[1] / 40, grid.shape[0] / 40 + (0.4 if title else 0)))
+    axes = figure.subplots()
+    axes.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title, fontsize=9)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+@torch.inference_mode()
+def reconstructions(model: Callable, guide: Callable, x: torch.Tensor) -> torch.Tensor:
+    """
+    ``E[x' | z]`` for one ``z ~ q(z | x)`` per image.
+
+    :param x: ``[num_images, 784]``.
+    :returns: ``[num_images, 784]`` pixel probabilities.
+    """
+    model_trace, _ = importance_traces(model, guide, x)
+    return model_trace.nodes["x"]["fn"].mean
+
+
+@torch.inference_mode()
+def samples(model: Callable, num_images: int, x_dim: int = 784, device: torch.device | str = "cpu") -> torch.Tensor:
+    """
+    ``E[x | z]`` for ``z`` drawn from the prior (the model run without its observation).
+
+    :returns: ``[num_images, x_dim]`` pixel probabilities.
+    """
+    placeholder = torch.zeros(num_images, x_dim, device=device)
+    return poutine.trace(poutine.uncondition(model)).get_trace(placeholder).nodes["x"]["fn"].mean
+
+
+@torch.inference_mode()
+def latent_traversal(
+    model: Callable,
+    guide: Callable,
+    data: torch.Tensor,
+    site: str,
+    num_units: int = 8,
+    num_steps: int = 11,
+) -> torch.Tensor:
+    """
+    Vary one unit of latent ``site`` at a time, from -3 to +3 standard deviations
+    (over ``data``) of its posterior mean, the other units held at their average
+    posterior mean, for the ``num_units`` most active units.
+
+    :returns: ``[num_units * num_steps, 784]`` pixel probabilities, one row per unit.
+    """
+    means = posterior_means(guide, data)[site]  # [num_data, latent_dim]
+    center, spread = means.mean(0), means.std(0)
+    units = spread.argsort(descending=True)[:num_units]
+    offsets = torch.linspace(-3, 3, num_steps, device=data.device)
+    z = center.repeat(units.numel() * num_steps, 1)
+    rows = torch.arange(units.numel(), device=data.device).repeat_interleave(num_steps)
+    z[torch.arange(z.shape[0]), units[rows]] += offsets.repeat(units.numel()) * spread[units[rows]]
+    conditioned = poutine.condition(poutine.uncondition(model), data={site: z})
+    return poutine.trace(conditioned).get_trace(data.new_zeros(z.shape[0], data.shape[1])).nodes["x"]["fn"].mean
+
+
+def plot_training_curve(history: list[dict], path: str | os.PathLike, label: str = "") -> None:
+    """Plot the training loss per image (nats) against the epoch, with the learning rate."""
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(6, 4))
+    loss_axes = figure.subplots()
+    loss_axes.plot(epochs, [row["loss"] for row in history], marker="o" if len(epochs) < 30 else None, label=label)
+    loss_axes.set_xlabel("epoch")
+    loss_axes.set_ylabel("training loss (nats per image)")
+    lr_axes = loss_axes.twinx()
+    lr_axes.plot(epochs, [row["lr"] for row in history], color="grey", linestyle=":", label="learning rate")
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_yscale("log")
+    if len(epochs) > 20:
+        loss_axes.set_xscale("log")
+    loss_axes.set_title(label or "training curve")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,27 @@
+import os
+from pathlib import Path
+
+import pyro
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real datasets: $PYRO_IWAE_DATA, else ../shared/data beside the checkout."""
+    path = Path(os.environ.get("PYRO_IWAE_DATA") or ROOT.parent / "shared" / "data")
+    if not (path / "MNIST").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the datasets at {path}")
+        pytest.skip(f"no datasets at {path}: set PYRO_IWAE_DATA")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_pyro(tmp_path_factory, monkeypatch):
+    """An empty param store, a fixed seed, and a private cache directory for every test."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    monkeypatch.setenv("PYRO_IWAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    yield

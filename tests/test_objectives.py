@@ -1,0 +1,184 @@
+import contextlib
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from torch.distributions import Bernoulli, Normal
+
+from pyro_iwae.data_plate import DataPlateError, check_data_plate
+from pyro_iwae.evaluation import importance_traces
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+
+
+def hand_log_weights(vae: VAE, x: torch.Tensor, z: dict) -> torch.Tensor:
+    """log p(x, z) - log q(z | x) with torch.distributions, from the latent values ``z`` (``[k, B, dim]`` each)."""
+    names = vae.latent_names
+    log_q = 0.0
+    below = x
+    for name, layer in zip(names, vae.encoder):
+        log_q = log_q + Normal(*layer(below)).log_prob(z[name]).sum(-1)
+        below = z[name]
+    log_p = Normal(0.0, 1.0).log_prob(z[names[-1]]).sum(-1)
+    for lower, upper, layer in zip(names[:-1], names[1:], vae.decoder_latents):
+        log_p = log_p + Normal(*layer(z[upper])).log_prob(z[lower]).sum(-1)
+    log_p = log_p + Bernoulli(logits=vae.decoder_pixels(z[names[0]])).log_prob(x).sum(-1)
+    return log_p - log_q
+
+
+def recorded_latents(objective, vae, x, method):
+    """Run ``objective.<method>`` and return its value and the latent values its guide drew."""
+    traced_guide = poutine.trace(vae.guide)
+    value = getattr(objective, method)(vae.model, traced_guide, x)
+    trace = traced_guide.msngr.trace
+    return value, {name: trace.nodes[name]["value"].detach() for name in vae.latent_names}
+
+
+@pytest.fixture
+def vae_and_batch(request):
+    torch.manual_seed(0)
+    vae = VAE(*ARCHITECTURES[request.param])
+    return vae, torch.bernoulli(torch.full((7, 784), 0.3))
+
+
+@pytest.mark.parametrize("vae_and_batch", sorted(ARCHITECTURES), indirect=True)
+@pytest.mark.parametrize("method", ["loss", "loss_and_grads"])
+def test_iwae_loss_is_per_data_point_logsumexp(vae_and_batch, method):
+    vae, x = vae_and_batch
+    k = 5
+    loss, z = recorded_latents(make_objective("iwae", k), vae, x, method)
+    log_weights = hand_log_weights(vae, x, z)
+    assert log_weights.shape == (k, 7)
+    expected = -(torch.logsumexp(log_weights, 0) - math.log(k)).sum()
+    per_batch = -(torch.logsumexp(log_weights.sum(1), 0) - math.log(k))
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(per_batch.item() - expected.item()) > 1.0  # the test tells the two apart
+
+
+@pytest.mark.parametrize("vae_and_batch", [1], indirect=True)
+def test_iwae_gradients_match_hand_computation(vae_and_batch):
+    # d/dtheta of -sum_i log (1/k) sum_l w_il, with z = loc(x) + scale(x) * eps held at the same eps
+    vae, x = vae_and_batch
+    k = 4
+    _, z = recorded_latents(make_objective("iwae", k), vae, x, "loss_and_grads")
+    pyro_grads = [p.grad.clone() for p in vae.parameters()]
+    vae.zero_grad()
+    loc, scale = vae.encoder[0](x)
+    eps = ((z["z1"] - loc) / scale).detach()
+    log_weights = hand_log_weights(vae, x, {"z1": loc + scale * eps})
+    (-(torch.logsumexp(log_weights, 0) - math.log(k)).sum()).backward()
+    for pyro_grad, p in zip(pyro_grads, vae.parameters()):
+        assert torch.allclose(pyro_grad, p.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("vae_and_batch", sorted(ARCHITECTURES), indirect=True)
+def test_elbo_loss_is_mean_log_weight(vae_and_batch):
+    vae, x = vae_and_batch
+    loss, z = recorded_latents(make_objective("elbo", 3), vae, x, "loss")
+    assert loss == pytest.approx(-hand_log_weights(vae, x, z).sum(1).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+@pytest.mark.parametrize("layers", sorted(ARCHITECTURES))
+def test_model_and_guide_pass_pyro_validation(objective, layers):
+    vae = VAE(*ARCHITECTURES[layers])
+    x = torch.bernoulli(torch.full((5, 784), 0.5))
+    with pyro.validation_enabled(True):
+        assert math.isfinite(make_objective(objective, 3).loss_and_grads(vae.model, vae.guide, x))
+
+
+def test_iwae_with_one_particle_is_the_elbo():
+    torch.manual_seed(0)
+    vae = VAE()
+    x = torch.bernoulli(torch.full((5, 784), 0.5))
+    pyro.set_rng_seed(1)
+    iwae = make_objective("iwae", 1).loss(vae.model, vae.guide, x)
+    pyro.set_rng_seed(1)
+    elbo = make_objective("elbo", 1).loss(vae.model, vae.guide, x)
+    assert iwae == pytest.approx(elbo, rel=1e-6)
+
+
+def plated_model(plate):
+    def model(x):
+        with plate(x):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    return model
+
+
+def latent_guide(plate):
+    def guide(x):
+        with plate(x):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+
+    return guide
+
+
+def data_plate(x):
+    return pyro.plate("data", x.shape[0])
+
+
+@contextlib.contextmanager
+def scaled_data_plate(x):
+    with poutine.scale(scale=3.0), data_plate(x):
+        yield
+
+
+@pytest.mark.parametrize(
+    "plate, message",
+    [
+        (lambda x: pyro.plate("data", 100, subsample_size=x.shape[0]), "subsampled or scaled"),
+        (scaled_data_plate, "subsampled or scaled"),
+        (lambda x: pyro.plate("batch", x.shape[0]), "outside pyro.plate"),
+    ],
+)
+def test_bad_data_plates_are_refused(plate, message):
+    def model(x):
+        with plate(x):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(DataPlateError, match=message):
+        check_data_plate(*importance_traces(model, latent_guide(plate), torch.zeros(10)))
+
+
+@pytest.mark.parametrize(
+    "guide_plate, message",
+    [
+        # replay makes the model's plate a subsample of the guide's size
+        (lambda x: pyro.plate("data", x.shape[0] - 1), "size 9 of 10"),
+        (lambda x: pyro.plate("data", x.shape[0], dim=-2), "use one data plate"),
+    ],
+)
+def test_model_and_guide_must_share_one_data_plate(guide_plate, message):
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(0.0, 1.0))
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(DataPlateError, match=message):
+        check_data_plate(*importance_traces(model, latent_guide(guide_plate), torch.zeros(10)))
+
+
+def test_a_plate_outside_the_data_plate_is_refused():
+    def model(x):
+        with pyro.plate("groups", 2, dim=-2), data_plate(x):
+            pyro.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+    with pytest.raises(DataPlateError, match="outermost"):
+        check_data_plate(*importance_traces(model, lambda x: None, torch.zeros(10)))
+
+
+def test_a_good_model_passes_and_reports_its_plate():
+    frame = check_data_plate(*importance_traces(plated_model(data_plate), latent_guide(data_plate), torch.zeros(10)))
+    assert (frame.name, frame.dim, frame.size) == ("data", -1, 10)
+
+
+def test_unknown_objective_and_bad_particles():
+    with pytest.raises(ValueError, match="unknown objective 'vae'"):
+        make_objective("vae", 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        make_objective("iwae", 0)

@@ -1,0 +1,141 @@
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from pyro_iwae.atomic import atomic_open
+from pyro_iwae.data_plate import DataPlateError
+from pyro_iwae.models import VAE
+from pyro_iwae.objectives import make_objective
+from pyro_iwae.training import (
+    CheckpointError,
+    TrainingError,
+    burda_learning_rates,
+    learning_rates,
+    train,
+)
+
+
+def test_burda_schedule():
+    # Burda et al. (2016), section 5: 3^i epochs at 1e-3 * 10^(-i/7), i = 0..7
+    rates = burda_learning_rates()
+    assert len(rates) == sum(3**i for i in range(8)) == 3280
+    assert rates[0] == 1e-3 and rates[1] == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert rates[3] == rates[1] and rates[4] == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    assert rates[-1] == pytest.approx(1e-4) and rates[-(3**7)] == rates[-1] and rates[-(3**7) - 1] > rates[-1]
+    assert learning_rates("burda", 1e-3, 4) == rates[:4]
+    assert learning_rates("burda", 1e-3, None) == rates
+    assert learning_rates("constant", 3e-4, 3) == [3e-4] * 3
+
+
+@pytest.mark.parametrize(
+    "schedule, epochs, message",
+    [
+        ("constant", None, "needs a number of epochs"),
+        ("constant", -1, "at least 0"),
+        ("burda", 4000, "has 3280 epochs"),
+        ("cosine", 3, "unknown schedule 'cosine'"),
+    ],
+)
+def test_bad_schedules(schedule, epochs, message):
+    with pytest.raises(ValueError, match=message):
+        learning_rates(schedule, 1e-3, epochs)
+
+
+def images(num=60):
+    """Three random binary prototypes, each pixel kept with probability 0.95."""
+    prototypes = torch.rand(3, 784, generator=torch.Generator().manual_seed(0)).round()
+    return (0.05 + 0.9 * prototypes).repeat(num // 3, 1)
+
+
+def fit(epochs, checkpoint_path=None, resume=False, objective=None, config=None, lr=1e-3):
+    torch.manual_seed(0)
+    vae = VAE()
+    history = train(
+        vae,
+        vae.model,
+        vae.guide,
+        objective or make_objective("iwae", 3),
+        images(),
+        [lr] * epochs,
+        batch_size=20,
+        checkpoint_path=checkpoint_path,
+        config=config or {"k": 3},
+        resume=resume,
+        progress=False,
+    )
+    return vae, history
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, straight_history = fit(3)
+    fit(2, tmp_path / "checkpoint.pt")
+    resumed, resumed_history = fit(3, tmp_path / "checkpoint.pt", resume=True)
+    assert [row["loss"] for row in resumed_history] == [row["loss"] for row in straight_history]
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_training_lowers_the_loss():
+    # the untrained decoder predicts p = 0.5 everywhere: 784 log 2 = 543 nats; the data's entropy is 784 H(0.05) = 156
+    _, history = fit(5, lr=1e-2)
+    assert history[0]["loss"] == pytest.approx(784 * math.log(2), rel=0.02)
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
+    assert all(row["seconds"] > 0 for row in history)
+
+
+def test_resume_refuses_another_configuration(tmp_path):
+    fit(1, tmp_path / "checkpoint.pt", config={"k": 3, "layers": 1})
+    with pytest.raises(CheckpointError, match="k 3 there, 5 here"):
+        fit(2, tmp_path / "checkpoint.pt", resume=True, config={"k": 5, "layers": 1})
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nothing.pt"):
+        fit(2, tmp_path / "nothing.pt", resume=True)
+
+
+class NaNAfter:
+    """An objective whose loss turns NaN at the given (1-based) step."""
+
+    def __init__(self, objective, step):
+        self.objective, self.step, self.calls = objective, step, 0
+
+    def loss_and_grads(self, model, guide, x):
+        self.calls += 1
+        loss = self.objective.loss_and_grads(model, guide, x)
+        return math.nan if self.calls == self.step else loss
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(TrainingError, match="nan at epoch 2, step 2.*after epoch 1.*Lower --lr"):
+        fit(3, checkpoint, objective=NaNAfter(make_objective("iwae", 3), step=5))  # 3 steps an epoch
+    assert len(torch.load(checkpoint, weights_only=False)["history"]) == 1
+
+
+def test_a_model_with_a_global_latent_is_refused_before_training():
+    def model(x):
+        scale = pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(0.0, scale).expand([784]).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.sample("scale", dist.LogNormal(0.0, 1.0))
+
+    module = torch.nn.Linear(1, 1)
+    with pytest.raises(DataPlateError, match="'scale' is outside"):
+        train(module, model, guide, make_objective("iwae", 3), images(), [1e-3], progress=False)
+
+
+def test_atomic_writes_leave_the_old_file_on_a_crash(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_open(path, "w") as f:
+        f.write("half of the new")
+        raise RuntimeError("crash mid-write")
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]  # no temporary file left
+    with atomic_open(path, "w") as f:
+        f.write("new")
+    assert path.read_text() == "new"
