@@ -11,12 +11,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from pyro_iwae.data import DATA_DIR_ENV, DATASETS
-from pyro_iwae.experiment import ExperimentConfig, run
+from pyro_iwae.data import DATA_DIR_ENV, DATASETS, DataError
+from pyro_iwae.data_plate import DataPlateError
+from pyro_iwae.experiment import ConfigError, ExperimentConfig, run
 from pyro_iwae.models import ARCHITECTURES
 from pyro_iwae.objectives import OBJECTIVES
-from pyro_iwae.training import SCHEDULES
+from pyro_iwae.training import SCHEDULES, CheckpointError, TrainingError
+
+#: errors whose message says what to fix: printed as one line, without a traceback
+USER_ERRORS = (ConfigError, DataError, DataPlateError, CheckpointError, TrainingError)
+
+
+def at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a float greater than 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -61,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--particles",
         "-k",
-        type=int,
+        type=at_least(1),
         default=5,
         help="samples k per data point in the training objective (default: %(default)s)",
     )
@@ -86,7 +111,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=at_least(0),
         default=None,
         help="passes over the training set (default: 10 with --schedule constant, all 3280 with "
         "--schedule burda; with burda, a number truncates the schedule)",
@@ -98,20 +123,25 @@ def parser() -> argparse.ArgumentParser:
         help="constant: --lr throughout; burda: lr*10^(-i/7) for 3^i epochs, i=0..7 (default: %(default)s)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=20, help="images per step, 20 as in the paper (default: %(default)s)"
+        "--batch-size", type=at_least(1), default=20, help="images per step, 20 as in the paper (default: %(default)s)"
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument(
         "--eval-particles",
-        type=int,
+        type=at_least(1),
         default=5000,
         help="importance samples K per test image for log p(x) (default: %(default)s)",
     )
     p.add_argument(
-        "--eval-batch-size", type=int, default=100, help="test images per evaluation pass (default: %(default)s)"
+        "--eval-batch-size",
+        type=at_least(1),
+        default=100,
+        help="test images per evaluation pass (default: %(default)s)",
     )
-    p.add_argument("--train-size", type=int, default=None, help="use the first N training images (default: all)")
-    p.add_argument("--test-size", type=int, default=None, help="use the first N test images (default: all)")
+    p.add_argument(
+        "--train-size", type=at_least(1), default=None, help="use the first N training images (default: all)"
+    )
+    p.add_argument("--test-size", type=at_least(1), default=None, help="use the first N test images (default: all)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument(
@@ -129,4 +159,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main(parser().parse_args())
+    try:
+        main(parser().parse_args())
+    except USER_ERRORS as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the finished epochs are in the checkpoint; continue with --resume")

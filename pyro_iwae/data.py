@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import urllib.error
 import urllib.request
 import zlib
 from collections.abc import Iterator
@@ -175,24 +174,19 @@ def _ensure_files(source: _Source, folder: Path, download: bool) -> None:
     missing = [name for name, _ in source.files.values() if not (folder / name).exists()]
     if not missing:
         return
-    failures = []
+    failure = ""
     if download:
-        for file_name in missing:
-            try:
-                download_file(
-                    [mirror + file_name for mirror in source.mirrors],
-                    folder / file_name,
-                    source.md5[file_name],
-                )
-            except (OSError, DataError) as error:
-                failures.append(f"{file_name}: {error}")
-    if failures or not download:
-        raise DataError(
-            f"missing dataset files in {folder}: {', '.join(missing)}"
-            + (f" (download failed: {'; '.join(failures)})" if failures else "")
-            + f". Put them there, or point --data-dir / ${DATA_DIR_ENV} at a directory"
-            f" holding {source.folder}/ (torchvision's layout)."
-        )
+        try:
+            for file_name in missing:
+                urls = [mirror + file_name for mirror in source.mirrors]
+                download_file(urls, folder / file_name, source.md5[file_name])
+            return
+        except DataError as error:
+            failure = f" (download failed: {error})"
+    raise DataError(
+        f"missing dataset files in {folder}: {', '.join(missing)}{failure}. Put them there, or point"
+        f" --data-dir / ${DATA_DIR_ENV} at a directory holding {source.folder}/ (torchvision's layout)."
+    )
 
 
 def download_file(urls: list[str], destination: Path, md5: str) -> None:
@@ -218,8 +212,8 @@ def download_file(urls: list[str], destination: Path, md5: str) -> None:
                     if digest.hexdigest() != md5:
                         raise DataError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}")
             return
-        except (OSError, urllib.error.URLError) as error:
-            errors.append(f"{url}: {error}")
+        except OSError as error:  # URLError is an OSError
+            errors.append(f"{url}: {getattr(error, 'reason', error)}")
     raise DataError("; ".join(errors))
 
 

@@ -56,12 +56,16 @@ class ExperimentConfig:
         return {name: getattr(self, name) for name in TRAINING_FIELDS}
 
 
+class ConfigError(ValueError):
+    """An experiment configuration that cannot run."""
+
+
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` is CUDA where available, else the CPU."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available: use --device cpu or auto")
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
     return torch.device(device)
 
 
@@ -85,18 +89,25 @@ def run(config: ExperimentConfig) -> dict:
     :returns: the metrics.
     """
     if config.layers not in ARCHITECTURES:
-        raise ValueError(f"--layers must be one of {sorted(ARCHITECTURES)}, got {config.layers}")
+        raise ConfigError(f"--layers must be one of {sorted(ARCHITECTURES)}, got {config.layers}")
     if config.eval_particles < 1:
-        raise ValueError(f"--eval-particles must be at least 1, got {config.eval_particles}")
-    rates = learning_rates(config.schedule, config.lr, config.epochs)
-    objective = make_objective(config.objective, config.particles)
+        raise ConfigError(f"--eval-particles must be at least 1, got {config.eval_particles}")
+    if config.plots and config.test_size is not None and config.test_size < 32:
+        raise ConfigError(
+            f"the pictures need at least 32 test images, got --test-size {config.test_size}: "
+            "raise it or pass --no-plots"
+        )
+    try:
+        rates = learning_rates(config.schedule, config.lr, config.epochs)
+        objective = make_objective(config.objective, config.particles)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
     device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     pyro.enable_validation(config.validate)
     pyro.clear_param_store()
-
-    dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
     torch.manual_seed(config.seed)
     vae = VAE(*ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0)).to(device)
     history = train(

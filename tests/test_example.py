@@ -95,3 +95,31 @@ def test_help_explains_every_flag():
         "--no-plots",
     ):
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--particles", "0"], "argument --particles/-k: must be at least 1, got 0"),
+        (["--epochs", "-1"], "argument --epochs: must be at least 0, got -1"),
+        (["--eval-particles", "0"], "argument --eval-particles: must be at least 1, got 0"),
+        (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        (["--objective", "vae"], "invalid choice: 'vae'"),
+        (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+    ],
+)
+def test_bad_flags_get_one_line(flags, message):
+    result = run_example(*flags)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_user_errors_get_one_line_without_traceback(tmp_path, data_dir):
+    missing = run_example("--data-dir", tmp_path / "nowhere", "--epochs", "1", "--out", tmp_path / "out")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+    assert missing.stderr.startswith("error: missing dataset files in") and "--data-dir" in missing.stderr
+    assert not (tmp_path / "out").exists()
+    no_checkpoint = run_example(
+        "--data-dir", data_dir, "--train-size", 100, "--test-size", 50, "--resume", "--out", tmp_path / "fresh"
+    )
+    assert no_checkpoint.returncode == 1 and "Traceback" not in no_checkpoint.stderr
+    assert "no checkpoint at" in no_checkpoint.stderr and "without --resume" in no_checkpoint.stderr
