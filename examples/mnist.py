@@ -11,37 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from pyro_iwae.data import DATA_DIR_ENV, DATASETS, DataError
-from pyro_iwae.data_plate import DataPlateError
-from pyro_iwae.experiment import ConfigError, ExperimentConfig, run
+from pyro_iwae.cli import at_least, positive_float, run_main
+from pyro_iwae.data import DATA_DIR_ENV, DATASETS
+from pyro_iwae.experiment import ExperimentConfig, run
 from pyro_iwae.models import ARCHITECTURES
 from pyro_iwae.objectives import OBJECTIVES
-from pyro_iwae.training import SCHEDULES, CheckpointError, TrainingError
-
-#: errors whose message says what to fix: printed as one line, without a traceback
-USER_ERRORS = (ConfigError, DataError, DataPlateError, CheckpointError, TrainingError)
-
-
-def at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a float greater than 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+from pyro_iwae.training import SCHEDULES
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -159,9 +135,4 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    try:
-        main(parser().parse_args())
-    except USER_ERRORS as error:
-        sys.exit(f"error: {error}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the finished epochs are in the checkpoint; continue with --resume")
+    run_main(main, parser())

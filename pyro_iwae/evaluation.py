@@ -71,10 +71,11 @@ def log_importance_weights(
     data_frame = check_data_plate(model_trace, guide_trace)
     log_weights = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()  # masked where poutine.mask says so; the data plate is unscaled
         for site in trace.nodes.values():
             if site["type"] == "sample":
-                log_prob = sum_rightmost(site["fn"].log_prob(site["value"]), -data_frame.dim - 1)
-                log_weights = log_weights + sign * log_prob.reshape(num_particles, data_frame.size)
+                log_prob = sum_rightmost(site["log_prob"], -data_frame.dim - 1)
+                log_weights = log_weights + sign * log_prob.expand(num_particles, data_frame.size)
     return log_weights
 
 

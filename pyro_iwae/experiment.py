@@ -165,6 +165,14 @@ def run(config: ExperimentConfig) -> dict:
     return metrics
 
 
+def load_model(out: str | Path, device: torch.device | str = "cpu") -> VAE:
+    """The trained :class:`VAE` from the checkpoint that :func:`run` wrote to ``out``."""
+    state = torch.load(Path(out) / "checkpoint.pt", map_location=device, weights_only=False)
+    vae = VAE(*ARCHITECTURES[state["config"]["layers"]]).to(device)
+    vae.load_state_dict(state["module"])
+    return vae
+
+
 def save_plots(vae: VAE, test: torch.Tensor, history: list[dict], out: Path, label: str) -> None:
     """``reconstructions.png``, ``samples.png``, ``latent_traversal.png`` and ``training_curve.png``."""
     x = test[:32]

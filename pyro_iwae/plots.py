@@ -38,16 +38,28 @@ def image_grid(images: torch.Tensor, num_columns: int, padding: int = 2) -> np.n
     return grid
 
 
-def save_image_grid(path: str | os.PathLike, images: torch.Tensor, num_columns: int, title: str = "") -> None:
-    """Write :func:`image_grid` of ``images`` to ``path``: ink (pixel value 1) dark on white."""
-    grid = image_grid(images, num_columns)
-    figure = Figure(figsize=(grid.shape[1] / 40, grid.shape[0] / 40 + (0.4 if title else 0)))
-    axes = figure.subplots()
-    axes.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    axes.set_axis_off()
+def save_image_grids(path: str | os.PathLike, panels: list[tuple[str, torch.Tensor, int]], title: str = "") -> None:
+    """
+    Write :func:`image_grid` s side by side to ``path``, ink (pixel value 1) dark on white.
+
+    :param panels: ``(title, [num_images, 784] images, num_columns)`` for each grid, left to right.
+    """
+    grids = [(panel_title, image_grid(images, num_columns)) for panel_title, images, num_columns in panels]
+    width = sum(grid.shape[1] for _, grid in grids) / 40 + 0.2 * (len(grids) - 1)
+    height = max(grid.shape[0] for _, grid in grids) / 40 + 0.4 + (0.3 if title else 0)
+    figure = Figure(figsize=(width, height))
+    for axes, (panel_title, grid) in zip(figure.subplots(1, len(grids), squeeze=False)[0], grids):
+        axes.imshow(1 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axes.set_axis_off()
+        axes.set_title(panel_title, fontsize=9)
     if title:
-        axes.set_title(title, fontsize=9)
+        figure.suptitle(title, fontsize=10)
     figure.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def save_image_grid(path: str | os.PathLike, images: torch.Tensor, num_columns: int, title: str = "") -> None:
+    """Write one :func:`image_grid` of ``images`` to ``path``."""
+    save_image_grids(path, [(title, images, num_columns)])
 
 
 @torch.inference_mode()

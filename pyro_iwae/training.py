@@ -127,6 +127,11 @@ def train(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if images.numel() and not (images.min() >= 0 and images.max() <= 1):
+        raise ValueError(
+            f"training images must be intensities in [0, 1] for the Bernoulli likelihood, got values in"
+            f" [{images.min().item():g}, {images.max().item():g}]: divide 8-bit images by 255"
+        )
     device = next(module.parameters()).device
     optimizer = torch.optim.Adam(
         module.parameters(), lr=learning_rates[0] if learning_rates else 0.0, betas=ADAM_BETAS, eps=ADAM_EPS

@@ -130,3 +130,20 @@ def test_active_units_counts_units_whose_posterior_mean_varies():
 
     x = torch.randn(5000, 3)
     assert active_units(guide, x)["z"].tolist() == [True, False, False]
+
+
+def test_masked_sites_do_not_count():
+    lg = LinearGaussian()
+    x = lg.sample_x(5)
+
+    def model_with_masked_extra(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.W.T + lg.b, lg.sigma).to_event(1), obs=x)
+            with pyro.poutine.mask(mask=torch.tensor([True, False, True, False, True])):
+                pyro.sample("extra", dist.Normal(0.0, 1.0), obs=torch.full((5,), 2.0, dtype=torch.float64))
+
+    estimate = log_likelihood(model_with_masked_extra, lg.guide, x, num_particles=10)
+    extra = torch.distributions.Normal(0.0, 1.0).log_prob(torch.tensor(2.0, dtype=torch.float64))
+    expected = lg.log_marginal(x) + extra * torch.tensor([1.0, 0, 1, 0, 1], dtype=torch.float64)
+    assert torch.allclose(estimate.log_likelihood, expected, atol=1e-9)

@@ -59,8 +59,18 @@ def test_writes_sane_metrics_and_plots(run_dir):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
 
 
+def test_resume_refuses_a_checkpoint_of_other_flags(run_dir):
+    out, flags = run_dir
+    other = [*flags, "--resume"]
+    other[other.index("--particles") + 1] = 7
+    result = run_example(*other)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "another configuration (particles 5 there, 7 here)" in result.stderr
+
+
 def test_resume_adds_epochs_and_keeps_history(run_dir):
     out, flags = run_dir
+    flags = list(flags)
     first = list(csv.DictReader((out / "history.csv").open()))
     assert [row["epoch"] for row in first] == ["1"]
     flags[flags.index("--epochs") + 1] = 2

@@ -139,3 +139,11 @@ def test_atomic_writes_leave_the_old_file_on_a_crash(tmp_path):
     with atomic_open(path, "w") as f:
         f.write("new")
     assert path.read_text() == "new"
+
+
+def test_images_outside_the_unit_interval_are_refused():
+    vae = VAE()
+    with pytest.raises(
+        ValueError, match=r"intensities in \[0, 1\].*values in \[12.75, 242.25\].*divide 8-bit images by 255"
+    ):
+        train(vae, vae.model, vae.guide, make_objective("iwae", 2), images() * 255, [1e-3], progress=False)

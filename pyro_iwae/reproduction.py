@@ -1,0 +1,253 @@
+"""
+The grid of Burda et al. (2016), Table 1: objective x k x layers, trained and
+scored with :func:`pyro_iwae.experiment.run`, laid out as the paper lays it out.
+
+Each cell is one run directory. A cell whose ``metrics.json`` matches the
+requested configuration is skipped, and one with a checkpoint resumes from it,
+so an interrupted grid (or a grid given more epochs) continues where it stopped.
+IWAE with k = 1 is the VAE objective (the same gradient on the same samples),
+so that cell reuses the VAE's run, as the paper's table repeats its number.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from pyro_iwae import plots
+from pyro_iwae.atomic import atomic_open
+from pyro_iwae.experiment import ExperimentConfig, load_model, run, write_json
+
+#: test NLL in nats: {(dataset, layers, objective): {k: nll}}; Burda et al. (2016) Table 1, and appendix D
+#: for the fixed binarization (which reports the one-layer IWAE only)
+PAPER_NLL = {
+    ("mnist", 1, "elbo"): {1: 86.76, 5: 86.47, 50: 86.35},
+    ("mnist", 1, "iwae"): {1: 86.76, 5: 85.54, 50: 84.78},
+    ("mnist", 2, "elbo"): {1: 85.33, 5: 85.01, 50: 84.78},
+    ("mnist", 2, "iwae"): {1: 85.33, 5: 83.89, 50: 82.90},
+    ("binarized-mnist", 1, "iwae"): {1: 88.71, 5: 87.63, 50: 87.10},
+}
+NAMES = {"elbo": "VAE", "iwae": "IWAE"}
+#: fields that may differ between the requested configuration and a finished cell
+RUN_ONLY_FIELDS = ("resume", "progress", "plots", "out", "device")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    objective: str
+    particles: int
+    layers: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective}-k{self.particles}-{self.layers}layer-seed{self.seed}"
+
+    @property
+    def trained_as(self) -> Cell:
+        """The cell whose run this cell's numbers come from (IWAE k=1 is the VAE)."""
+        return dataclasses.replace(self, objective="elbo") if self.particles == 1 else self
+
+
+def grid(objectives, particles, layers, seeds) -> list[Cell]:
+    """Every cell, in the order they are trained: cheaper ones first."""
+    return [Cell(o, k, n, s) for s in seeds for n in layers for k in sorted(particles) for o in objectives]
+
+
+def _finished(out: Path, config: ExperimentConfig) -> dict | None:
+    metrics_path = out / "metrics.json"
+    if not metrics_path.exists():
+        return None
+    metrics = json.loads(metrics_path.read_text())
+    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_FIELDS}
+    done = {k: v for k, v in metrics["config"].items() if k not in RUN_ONLY_FIELDS}
+    return metrics if done == wanted else None
+
+
+def run_grid(cells: list[Cell], base: ExperimentConfig, out: str | Path) -> dict[Cell, dict]:
+    """
+    Train and evaluate every cell (skipping finished ones, resuming interrupted
+    ones) under ``out/<cell name>/``, with an overall progress bar.
+
+    :param base: the configuration shared by every cell (dataset, budget, evaluation).
+    :returns: each cell's metrics.
+    """
+    out = Path(out)
+    results = {}
+    runs = sorted({cell.trained_as for cell in cells}, key=cells.index)
+    for cell in tqdm(runs, desc="grid", unit="model", disable=not base.progress):
+        run_dir = out / cell.name
+        config = dataclasses.replace(
+            base,
+            objective=cell.objective,
+            particles=cell.particles,
+            layers=cell.layers,
+            seed=cell.seed,
+            out=str(run_dir),
+            resume=(run_dir / "checkpoint.pt").exists(),
+        )
+        results[cell] = _finished(run_dir, config) or run(config)
+    return {cell: results[cell.trained_as] for cell in cells}
+
+
+def _seeds(results: dict[Cell, dict], objective: str, particles: int, layers: int) -> list[dict]:
+    """The metrics of one cell of the table, one per seed."""
+    return [m for c, m in results.items() if (c.objective, c.particles, c.layers) == (objective, particles, layers)]
+
+
+def _summary(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def format_table(results: dict[Cell, dict], dataset: str) -> str:
+    """Markdown: rows k, columns VAE / IWAE for each depth, our test NLL beside the paper's, active units."""
+    cells = list(results)
+    layers = sorted({c.layers for c in cells})
+    objectives = [o for o in NAMES if any(c.objective == o for c in cells)]
+    header = ["k"]
+    for n in layers:
+        for o in objectives:
+            header += [f"{n} layer{'s' * (n > 1)} {NAMES[o]}: NLL", "paper", "active units"]
+    rows = []
+    for k in sorted({c.particles for c in cells}):
+        row = [str(k)]
+        for n in layers:
+            for o in objectives:
+                metrics = _seeds(results, o, k, n)
+                paper = PAPER_NLL.get((dataset, n, o), {}).get(k)
+                row += [
+                    _summary([-m["test_log_likelihood"] for m in metrics]) if metrics else "",
+                    f"{paper:.2f}" if paper else "–",
+                    _summary([m["active_units"] for m in metrics], 0) if metrics else "",
+                ]
+        rows.append(row)
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
+    """The budget behind the table: epochs, updates, wall time, device, evaluation."""
+    runs = {json.dumps(m["config"], sort_keys=True): m for m in results.values()}.values()
+    first = next(iter(runs))
+    updates = first["epochs"] * -(-first["train_size"] // first["batch_size"])
+    hours = sum(m["train_seconds"] + m["eval_seconds"] for m in runs) / 3600
+    seeds = sorted({c.seed for c in results})
+    return (
+        f"Test negative log-likelihood (nats, lower is better) on {dataset}, estimated with K ="
+        f" {first['eval_particles']} importance samples per image on the first {first['test_size']} test images"
+        f" (standard error over images ≈ {statistics.mean(m['test_log_likelihood_stderr'] for m in runs):.2f}"
+        f" nats). Budget per model: {first['epochs']} epochs of {first['train_size']} images"
+        f" ({first['config']['schedule']} schedule, batch {first['batch_size']}, {updates} updates); the paper"
+        f" trains for 3280 epochs (3.3M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
+        f" evaluation in all on {first['device']} (torch {first['torch_version']}, pyro {first['pyro_version']})."
+        f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model. 'paper': Burda et al."
+        f" (2016), Table 1 (appendix D for binarized-mnist); 'active units': Var_x(E_q[z_u|x]) > 0.01, summed over"
+        f" layers.\n\nCommand: `{command}`"
+    )
+
+
+def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> None:
+    """Test NLL against k for each objective and depth, the paper's values as hollow markers."""
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    colors = {("elbo", 1): "C0", ("iwae", 1): "C1", ("elbo", 2): "C2", ("iwae", 2): "C3"}
+    for (objective, n), color in colors.items():
+        ks = sorted({c.particles for c in results if (c.objective, c.layers) == (objective, n)})
+        if not ks:
+            continue
+        nll = [statistics.mean(-m["test_log_likelihood"] for m in _seeds(results, objective, k, n)) for k in ks]
+        label = f"{NAMES[objective]}, {n} layer{'s' * (n > 1)}"
+        axes.plot(ks, nll, marker="o", color=color, label=label)
+        paper = PAPER_NLL.get((dataset, n, objective), {})
+        if paper:
+            axes.plot(list(paper), list(paper.values()), marker="s", linestyle=":", color=color, fillstyle="none")
+    axes.plot([], [], marker="s", linestyle=":", color="grey", fillstyle="none", label="paper (3280 epochs)")
+    axes.set_xscale("log")
+    axes.set_xlabel("k (samples in the training objective)")
+    axes.set_ylabel("test NLL (nats)")
+    axes.set_title(f"{dataset}: test NLL against k")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str | Path) -> None:
+    """Training loss per image against epoch for every trained model, one panel per depth."""
+    layers = sorted({c.layers for c in results})
+    figure = Figure(figsize=(6 * len(layers), 4))
+    for axes, n in zip(figure.subplots(1, len(layers), squeeze=False)[0], layers):
+        for cell in sorted({c.trained_as for c in results if c.layers == n}, key=lambda c: (c.objective, c.particles)):
+            with open(Path(out) / cell.name / "history.csv") as f:
+                rows = [line.split(",") for line in f.read().splitlines()[1:]]
+            axes.plot(
+                [int(r[0]) for r in rows],
+                [float(r[2]) for r in rows],
+                marker="o",
+                label=f"{NAMES[cell.objective]} k={cell.particles} seed {cell.seed}",
+            )
+        axes.set_xlabel("epoch")
+        axes.set_ylabel("training loss (nats per image)")
+        axes.set_title(f"{n} layer{'s' * (n > 1)}")
+        axes.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) -> list[Path]:
+    """
+    For every depth and k in {5, 50} with both objectives: ``reconstructions_k{k}_{n}layer.png``
+    (rows: test images, VAE, IWAE) and ``traversal_k{k}_{n}layer.png`` (VAE left, IWAE right).
+    """
+    out = Path(out)
+    written = []
+    for cell in cells:
+        if cell.objective != "iwae" or cell.particles not in (5, 50):
+            continue
+        vae_cell = dataclasses.replace(cell, objective="elbo")
+        if vae_cell not in cells:
+            continue
+        models = {name: load_model(out / c.name, test.device) for name, c in (("VAE", vae_cell), ("IWAE", cell))}
+        stem = f"k{cell.particles}_{cell.layers}layer" + (f"_seed{cell.seed}" if cell.seed else "")
+        x = test[:16]
+        rows = torch.cat([x] + [plots.reconstructions(m.model, m.guide, x) for m in models.values()])
+        path = out / f"reconstructions_{stem}.png"
+        plots.save_image_grid(
+            path, rows, 16, f"rows: test images, VAE, IWAE (k={cell.particles}, {cell.layers} layers)"
+        )
+        written.append(path)
+        panels = [
+            (
+                f"{name}: {m.latent_names[0]}, most active units",
+                plots.latent_traversal(m.model, m.guide, test, m.latent_names[0]),
+                11,
+            )
+            for name, m in models.items()
+        ]
+        path = out / f"traversal_{stem}.png"
+        plots.save_image_grids(
+            path, panels, f"latent traversals, -3 to +3 sd (k={cell.particles}, {cell.layers} layers)"
+        )
+        written.append(path)
+    return written
+
+
+def write_results(results: dict[Cell, dict], path: str | Path) -> None:
+    """``results.json``: every cell's metrics, with its cell."""
+    write_json(Path(path), {"runs": [dict(cell=dataclasses.asdict(c), **m) for c, m in results.items()]})
+
+
+def write_table(results: dict[Cell, dict], dataset: str, command: str, path: str | Path) -> str:
+    table, budget = format_table(results, dataset), caption(results, dataset, command)
+    text = f"# Burda et al. (2016) Table 1 on {dataset}\n\n{table}\n\n{budget}\n"
+    with atomic_open(path, "w") as f:
+        f.write(text)
+    return text

@@ -1,0 +1,114 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from pyro_iwae import reproduction
+from pyro_iwae.experiment import ExperimentConfig
+from pyro_iwae.reproduction import Cell, format_table, grid, run_grid
+
+
+def test_grid_has_twelve_cells_and_trains_ten_models():
+    cells = grid(["elbo", "iwae"], [1, 5, 50], [1, 2], [0])
+    assert len(cells) == 12
+    # IWAE with k = 1 is the VAE: its cell reuses the VAE's run
+    assert len({c.trained_as for c in cells}) == 10
+    assert Cell("iwae", 1, 2, 0).trained_as == Cell("elbo", 1, 2, 0)
+
+
+def fake_metrics(nll, active_units):
+    return {"test_log_likelihood": -nll, "active_units": active_units}
+
+
+def test_table_layout_and_paper_numbers():
+    results = {
+        Cell("elbo", 5, 1, 0): fake_metrics(90.0, 20),
+        Cell("elbo", 5, 1, 1): fake_metrics(92.0, 22),
+        Cell("iwae", 5, 1, 0): fake_metrics(88.5, 30),
+    }
+    lines = format_table(results, "mnist").splitlines()
+    assert lines[0] == "| k | 1 layer VAE: NLL | paper | active units | 1 layer IWAE: NLL | paper | active units |"
+    # mean ± sample sd over seeds: 91 ± 1.41; Burda et al. Table 1: 86.47 (VAE) and 85.54 (IWAE) for k = 5
+    assert lines[2] == "| 5 | 91.00 ± 1.41 | 86.47 | 21 ± 1 | 88.50 | 85.54 | 30 |"
+    binarized = format_table({Cell("elbo", 50, 1, 0): fake_metrics(95.0, 9)}, "binarized-mnist")
+    assert "| 50 | 95.00 | – | 9 |" in binarized  # appendix D gives no VAE number
+
+
+@pytest.fixture
+def tiny(data_dir):
+    return ExperimentConfig(
+        data_dir=str(data_dir),
+        epochs=1,
+        train_size=200,
+        test_size=50,
+        eval_particles=10,
+        plots=False,
+        progress=False,
+    )
+
+
+class Crash(Exception):
+    """Stands for the process dying in the middle of the grid."""
+
+
+def test_an_interrupted_grid_resumes(tmp_path, tiny, monkeypatch):
+    cells = grid(["elbo", "iwae"], [2], [1], [0])
+    calls, crash_pending = [], [True]
+    real_run = reproduction.run
+
+    def interrupted_on_second_run(config):
+        calls.append((config.objective, config.resume))
+        if len(calls) == 2 and crash_pending:
+            crash_pending.pop()
+            raise Crash
+        return real_run(config)
+
+    monkeypatch.setattr(reproduction, "run", interrupted_on_second_run)
+    with pytest.raises(Crash):
+        run_grid(cells, tiny, tmp_path)
+    assert (tmp_path / "elbo-k2-1layer-seed0" / "metrics.json").exists()
+
+    calls.clear()
+    results = run_grid(cells, tiny, tmp_path)
+    assert calls == [("iwae", False)]  # the finished VAE is skipped
+    assert [m["objective"] for m in results.values()] == ["elbo", "iwae"]
+
+    # more epochs: both resume from their checkpoints instead of starting afresh
+    calls.clear()
+    longer = run_grid(cells, ExperimentConfig(**{**tiny.__dict__, "epochs": 2}), tmp_path)
+    assert calls == [("elbo", True), ("iwae", True)]
+    assert [m["epochs"] for m in longer.values()] == [2, 2]
+
+
+def test_the_script_writes_table_results_and_pictures(tmp_path, data_dir):
+    command = [
+        sys.executable,
+        str(ROOT / "examples" / "reproduce_table.py"),
+        "--data-dir",
+        str(data_dir),
+        "--particles",
+        "5",
+        "--layers",
+        "1",
+        "--epochs",
+        "1",
+        "--train-size",
+        "200",
+        "--test-size",
+        "40",
+        "--eval-particles",
+        "10",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "table.md").read_text()
+    assert "| 5 |" in table and "86.47" in table and "85.54" in table and "Command: `python examples" in table
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert [(r["cell"]["objective"], r["particles"]) for r in runs] == [("elbo", 5), ("iwae", 5)]
+    for name in ("nll_vs_k.png", "training_curves.png", "reconstructions_k5_1layer.png", "traversal_k5_1layer.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
