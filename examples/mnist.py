@@ -12,35 +12,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from pyro_iwae.cli import at_least, positive_float, run_main
-from pyro_iwae.data import DATA_DIR_ENV, DATASETS
-from pyro_iwae.experiment import ExperimentConfig, run
+from pyro_iwae.cli import add_experiment_arguments, at_least, experiment_config, run_main
+from pyro_iwae.experiment import run
 from pyro_iwae.models import ARCHITECTURES
 from pyro_iwae.objectives import OBJECTIVES
-from pyro_iwae.training import SCHEDULES
 
 
 def main(args: argparse.Namespace) -> dict:
-    config = ExperimentConfig(
+    config = experiment_config(
+        args,
         objective=args.objective,
         particles=args.particles,
         layers=args.layers,
-        dataset=args.dataset,
-        data_dir=args.data_dir,
-        epochs=10 if args.epochs is None and args.schedule == "constant" else args.epochs,
-        schedule=args.schedule,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        eval_particles=args.eval_particles,
-        eval_batch_size=args.eval_batch_size,
-        train_size=args.train_size,
-        test_size=args.test_size,
-        device=args.device,
         seed=args.seed,
         out=args.out or f"runs/{args.dataset}-{args.objective}-k{args.particles}-{args.layers}layer",
         resume=args.resume,
         plots=not args.no_plots,
-        progress=not args.no_progress,
         validate=args.validate,
     )
     metrics = run(config)
@@ -73,59 +60,13 @@ def parser() -> argparse.ArgumentParser:
         default=1,
         help="stochastic layers: 1 (x-200-200-z50) or 2 (x-200-200-h100-100-100-h50) (default: %(default)s)",
     )
-    p.add_argument(
-        "--dataset",
-        choices=DATASETS,
-        default="mnist",
-        help="mnist and fashion-mnist are binarized dynamically; binarized-mnist is the fixed "
-        "binarization of Larochelle & Murray (default: %(default)s)",
-    )
-    p.add_argument(
-        "--data-dir",
-        default=None,
-        help=f"directory in torchvision's layout (MNIST/raw/...); default ${DATA_DIR_ENV}, else ./data",
-    )
-    p.add_argument(
-        "--epochs",
-        type=at_least(0),
-        default=None,
-        help="passes over the training set (default: 10 with --schedule constant, all 3280 with "
-        "--schedule burda; with burda, a number truncates the schedule)",
-    )
-    p.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default="constant",
-        help="constant: --lr throughout; burda: lr*10^(-i/7) for 3^i epochs, i=0..7 (default: %(default)s)",
-    )
-    p.add_argument(
-        "--batch-size", type=at_least(1), default=20, help="images per step, 20 as in the paper (default: %(default)s)"
-    )
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default: %(default)s)")
-    p.add_argument(
-        "--eval-particles",
-        type=at_least(1),
-        default=5000,
-        help="importance samples K per test image for log p(x) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--eval-batch-size",
-        type=at_least(1),
-        default=100,
-        help="test images per evaluation pass (default: %(default)s)",
-    )
-    p.add_argument(
-        "--train-size", type=at_least(1), default=None, help="use the first N training images (default: all)"
-    )
-    p.add_argument("--test-size", type=at_least(1), default=None, help="use the first N test images (default: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    add_experiment_arguments(p)
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     p.add_argument(
         "--out", default=None, help="output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer)"
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG pictures")
-    p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
     p.add_argument(
         "--validate",
         action="store_true",

@@ -221,7 +221,7 @@ def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) ->
         rows = torch.cat([x] + [plots.reconstructions(m.model, m.guide, x) for m in models.values()])
         path = out / f"reconstructions_{stem}.png"
         plots.save_image_grid(
-            path, rows, 16, f"rows: test images, VAE, IWAE (k={cell.particles}, {cell.layers} layers)"
+            path, rows, x.shape[0], f"rows: test images, VAE, IWAE (k={cell.particles}, {cell.layers} layers)"
         )
         written.append(path)
         panels = [
