@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -40,6 +41,8 @@ RUN_ONLY_FIELDS = ("resume", "progress", "plots", "out", "device")
 
 @dataclasses.dataclass(frozen=True)
 class Cell:
+    """One model of the grid: an objective, its k, a depth and a seed."""
+
     objective: str
     particles: int
     layers: int
@@ -55,7 +58,9 @@ class Cell:
         return dataclasses.replace(self, objective="elbo") if self.particles == 1 else self
 
 
-def grid(objectives, particles, layers, seeds) -> list[Cell]:
+def grid(
+    objectives: Sequence[str], particles: Sequence[int], layers: Sequence[int], seeds: Sequence[int]
+) -> list[Cell]:
     """Every cell, in the order they are trained: cheaper ones first."""
     return [Cell(o, k, n, s) for s in seeds for n in layers for k in sorted(particles) for o in objectives]
 
