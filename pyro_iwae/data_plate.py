@@ -24,6 +24,8 @@ from pyro.poutine.trace_struct import Trace
 
 DATA_PLATE = "data"
 PARTICLE_PLATE = "particles"
+#: particle plates: ours, and the one Pyro's ELBOs add with ``vectorize_particles=True``
+PARTICLE_PLATES = (PARTICLE_PLATE, "num_particles_vectorized")
 
 
 class DataPlateError(ValueError):
@@ -44,7 +46,7 @@ def check_data_plate(*traces: Trace) -> CondIndepStackFrame:
         for name, site in trace.nodes.items():
             if site["type"] != "sample":
                 continue
-            frames = [f for f in site["cond_indep_stack"] if f.name != PARTICLE_PLATE]
+            frames = [f for f in site["cond_indep_stack"] if f.name not in PARTICLE_PLATES]
             frame = next((f for f in frames if f.name == DATA_PLATE), None)
             if frame is None:
                 raise DataPlateError(

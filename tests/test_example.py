@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import ROOT
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -133,3 +134,10 @@ def test_user_errors_get_one_line_without_traceback(tmp_path, data_dir):
     )
     assert no_checkpoint.returncode == 1 and "Traceback" not in no_checkpoint.stderr
     assert "no checkpoint at" in no_checkpoint.stderr and "without --resume" in no_checkpoint.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_line(tmp_path, data_dir):
+    result = run_example("--device", "cuda", "--data-dir", data_dir, "--train-size", 100, "--out", tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "no CUDA GPU" in result.stderr and "--device cpu" in result.stderr

@@ -182,3 +182,19 @@ def test_unknown_objective_and_bad_particles():
         make_objective("vae", 1)
     with pytest.raises(ValueError, match="at least 1"):
         make_objective("iwae", 0)
+
+
+def test_the_iwae_objective_refuses_a_global_latent():
+    def model(x):
+        shift = pyro.sample("shift", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(shift, 1.0), obs=x)
+
+    def guide(x):
+        pyro.sample("shift", dist.Normal(0.0, 1.0))
+
+    for k in (1, 4):  # with and without Pyro's vectorized particle plate
+        objective = make_objective("iwae", k)
+        for method in (objective.loss, objective.loss_and_grads):
+            with pytest.raises(DataPlateError, match="'shift' is outside"):
+                method(model, guide, torch.zeros(6))
