@@ -74,11 +74,21 @@ def write_json(path: Path, obj: dict) -> None:
         json.dump(obj, f, indent=2)
 
 
+HISTORY_FIELDS = {"epoch": int, "lr": float, "loss": float, "seconds": float}
+
+
 def write_history(path: Path, history: list[dict]) -> None:
+    """``history.csv``: one row per epoch, the fields of :data:`HISTORY_FIELDS`."""
     with atomic_open(path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", "lr", "loss", "seconds"])
+        writer = csv.DictWriter(f, fieldnames=list(HISTORY_FIELDS))
         writer.writeheader()
         writer.writerows(history)
+
+
+def read_history(path: Path) -> list[dict]:
+    """The rows :func:`write_history` wrote, with their types."""
+    with open(path, newline="") as f:
+        return [{name: HISTORY_FIELDS[name](value) for name, value in row.items()} for row in csv.DictReader(f)]
 
 
 def run(config: ExperimentConfig) -> dict:

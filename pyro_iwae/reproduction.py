@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from pyro_iwae import plots
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.experiment import ExperimentConfig, load_model, run, write_json
+from pyro_iwae.experiment import ExperimentConfig, load_model, read_history, run, write_json
 
 #: test NLL in nats: {(dataset, layers, objective): {k: nll}}; Burda et al. (2016) Table 1, and appendix D
 #: for the fixed binarization (which reports the one-layer IWAE only)
@@ -191,11 +191,10 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
     figure = Figure(figsize=(6 * len(layers), 4))
     for axes, n in zip(figure.subplots(1, len(layers), squeeze=False)[0], layers):
         for cell in sorted({c.trained_as for c in results if c.layers == n}, key=lambda c: (c.objective, c.particles)):
-            with open(Path(out) / cell.name / "history.csv") as f:
-                rows = [line.split(",") for line in f.read().splitlines()[1:]]
+            history = read_history(Path(out) / cell.name / "history.csv")
             axes.plot(
-                [int(r[0]) for r in rows],
-                [float(r[2]) for r in rows],
+                [row["epoch"] for row in history],
+                [row["loss"] for row in history],
                 marker="o",
                 label=f"{NAMES[cell.objective]} k={cell.particles} seed {cell.seed}",
             )
@@ -207,13 +206,12 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
     figure.savefig(path, dpi=100)
 
 
-def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) -> list[Path]:
+def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) -> None:
     """
     For every depth and k in {5, 50} with both objectives: ``reconstructions_k{k}_{n}layer.png``
     (rows: test images, VAE, IWAE) and ``traversal_k{k}_{n}layer.png`` (VAE left, IWAE right).
     """
     out = Path(out)
-    written = []
     for cell in cells:
         if cell.objective != "iwae" or cell.particles not in (5, 50):
             continue
@@ -228,7 +226,6 @@ def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) ->
         plots.save_image_grid(
             path, rows, x.shape[0], f"rows: test images, VAE, IWAE (k={cell.particles}, {cell.layers} layers)"
         )
-        written.append(path)
         panels = [
             (
                 f"{name}: {m.latent_names[0]}, most active units",
@@ -241,8 +238,6 @@ def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) ->
         plots.save_image_grids(
             path, panels, f"latent traversals, -3 to +3 sd (k={cell.particles}, {cell.layers} layers)"
         )
-        written.append(path)
-    return written
 
 
 def write_results(results: dict[Cell, dict], path: str | Path) -> None:
