@@ -4,12 +4,14 @@ from pyro_iwae.data import load_dataset
 from pyro_iwae.data_plate import DataPlateError, check_data_plate
 from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_importance_weights, log_likelihood
 from pyro_iwae.models import VAE
-from pyro_iwae.objectives import IWAE_ELBO, make_objective
+from pyro_iwae.objectives import IWAE_ELBO, IWAE_STL, IWAE_DReG, make_objective
 from pyro_iwae.training import train
 
 __version__ = "0.1.0"
 __all__ = [
     "IWAE_ELBO",
+    "IWAE_STL",
+    "IWAE_DReG",
     "VAE",
     "DataPlateError",
     "ImportanceEstimate",

@@ -23,6 +23,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.distributions.util import sum_rightmost
+from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
@@ -69,14 +70,24 @@ def log_importance_weights(
     with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
         model_trace, guide_trace = importance_traces(model, guide, x)
     data_frame = check_data_plate(model_trace, guide_trace)
-    log_weights = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()  # masked where poutine.mask says so; the data plate is unscaled
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_prob = sum_rightmost(site["log_prob"], -data_frame.dim - 1)
-                log_weights = log_weights + sign * log_prob.expand(num_particles, data_frame.size)
-    return log_weights
+    return log_density(model_trace, data_frame, num_particles) - log_density(guide_trace, data_frame, num_particles)
+
+
+def log_density(trace: Trace, data_frame: CondIndepStackFrame, num_particles: int) -> torch.Tensor:
+    """
+    The sum of a trace's sample-site log-densities, per particle and data point.
+
+    :param data_frame: the data plate (:func:`~pyro_iwae.data_plate.check_data_plate`),
+        with the particle plate just left of it.
+    :returns: ``[num_particles, batch_size]``.
+    """
+    trace.compute_log_prob()  # masked where poutine.mask says so; the data plate is unscaled
+    total = 0.0
+    for site in trace.nodes.values():
+        if site["type"] == "sample":
+            log_prob = sum_rightmost(site["log_prob"], -data_frame.dim - 1)
+            total = total + log_prob.expand(num_particles, data_frame.size)
+    return total
 
 
 @torch.inference_mode()

@@ -19,12 +19,24 @@ from pyro_iwae import plots
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
-from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS, VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.training import learning_rates, train
 
 #: fields that a checkpoint must share with the run that resumes it
-TRAINING_FIELDS = ("objective", "particles", "layers", "dataset", "schedule", "batch_size", "lr", "train_size", "seed")
+TRAINING_FIELDS = (
+    "objective",
+    "particles",
+    "layers",
+    "prior",
+    "guide",
+    "dataset",
+    "schedule",
+    "batch_size",
+    "lr",
+    "train_size",
+    "seed",
+)
 
 
 @dataclass
@@ -34,6 +46,8 @@ class ExperimentConfig:
     objective: str = "iwae"
     particles: int = 1
     layers: int = 1
+    prior: str = "normal"
+    guide: str = "normal"
     dataset: str = "mnist"
     data_dir: str | None = None
     epochs: int | None = None
@@ -107,6 +121,10 @@ def run(config: ExperimentConfig) -> dict:
             f"the pictures need at least 32 test images, got --test-size {config.test_size}: "
             "raise it or pass --no-plots"
         )
+    if config.prior not in PRIORS:
+        raise ConfigError(f"--prior must be one of {', '.join(PRIORS)}, got {config.prior!r}")
+    if config.guide not in GUIDES:
+        raise ConfigError(f"--guide must be one of {', '.join(GUIDES)}, got {config.guide!r}")
     try:
         rates = learning_rates(config.schedule, config.lr, config.epochs)
         objective = make_objective(config.objective, config.particles)
@@ -119,7 +137,9 @@ def run(config: ExperimentConfig) -> dict:
     pyro.enable_validation(config.validate)
     pyro.clear_param_store()
     torch.manual_seed(config.seed)
-    vae = VAE(*ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0)).to(device)
+    vae = VAE(
+        *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
+    ).to(device)
     history = train(
         vae,
         vae.model,
@@ -148,6 +168,8 @@ def run(config: ExperimentConfig) -> dict:
         objective=config.objective,
         particles=config.particles,
         layers=config.layers,
+        prior=config.prior,
+        guide=config.guide,
         dataset=config.dataset,
         epochs=len(history),
         schedule=config.schedule,
@@ -171,14 +193,19 @@ def run(config: ExperimentConfig) -> dict:
     )
     write_json(out / "metrics.json", metrics)
     if config.plots:
-        save_plots(vae, test, history, out, f"{config.objective} k={config.particles}, {config.layers} layer(s)")
+        label = f"{config.objective} k={config.particles}, {config.layers} layer(s), {config.prior} prior"
+        label += f", {config.guide} guide"
+        save_plots(vae, test, history, out, label)
     return metrics
 
 
 def load_model(out: str | Path, device: torch.device | str = "cpu") -> VAE:
     """The trained :class:`VAE` from the checkpoint that :func:`run` wrote to ``out``."""
     state = torch.load(Path(out) / "checkpoint.pt", map_location=device, weights_only=False)
-    vae = VAE(*ARCHITECTURES[state["config"]["layers"]]).to(device)
+    config = state["config"]
+    vae = VAE(
+        *ARCHITECTURES[config["layers"]], prior=config.get("prior", "normal"), guide=config.get("guide", "normal")
+    ).to(device)
     vae.load_state_dict(state["module"])
     return vae
 

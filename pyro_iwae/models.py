@@ -3,8 +3,12 @@ The generative model and guide of Burda et al. (2016) as Pyro functions.
 
 With ``L`` stochastic layers ``z1`` (next to the image) ... ``zL`` (top)::
 
-    model:  zL ~ N(0, I),  z(l) ~ N(mu(z(l+1)), sigma(z(l+1))),  x ~ Bernoulli(logits(z1))
-    guide:  z1 ~ N(mu(x), sigma(x)),  z(l+1) ~ N(mu(z(l)), sigma(z(l)))
+    model:  zL ~ prior (N(0, I) in the paper),  z(l) ~ N(mu(z(l+1)), sigma(z(l+1))),  x ~ Bernoulli(logits(z1))
+    guide:  z1 ~ q(z1 | x),  z(l+1) ~ q(z(l+1) | z(l))   (diagonal Gaussians in the paper)
+
+The prior (:mod:`pyro_iwae.priors`) and the guide's layers (:mod:`pyro_iwae.networks`)
+are modules that return distributions, so they swap without touching the model,
+the objectives or the evaluator.
 
 Every sample site sits inside one ``pyro.plate("data", batch_size)``, so the
 importance weights ``p(x, z) / q(z | x)`` are formed per data point: this is
@@ -14,17 +18,23 @@ need (see :mod:`pyro_iwae.data_plate`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
-from pyro_iwae.networks import BernoulliLayer, GaussianLayer
+from pyro_iwae.networks import BernoulliLayer, GaussianLayer, IAFLayer
+from pyro_iwae.priors import LearnedNormalPrior, MixtureOfGaussiansPrior, StandardNormalPrior, VampPrior
 
 #: ``layers -> (hidden_dims, latent_dims)``, listed from the image upwards (Burda et al., section 5).
 ARCHITECTURES = {1: ((200,), (50,)), 2: ((200, 100), (100, 50))}
+
+
+#: ``--prior`` choices; ``"normal"`` is Burda et al.'s N(0, I)
+PRIORS = ("normal", "learned-normal", "mog", "vamp")
+#: ``--guide`` choices: the guide layer for every stochastic layer
+GUIDES = {"normal": GaussianLayer, "iaf": IAFLayer}
 
 
 class VAE(nn.Module):
@@ -33,7 +43,12 @@ class VAE(nn.Module):
 
     :param hidden_dims: width of the two tanh layers in front of each stochastic layer.
     :param latent_dims: size of each stochastic layer, from the image upwards.
-    :param mean_pixel: ``[x_dim]`` training-set mean used to initialise the decoder's output bias.
+    :param mean_pixel: ``[x_dim]`` training-set mean used to initialise the decoder's output bias
+        (and the VampPrior's pseudo-inputs).
+    :param prior: one of :data:`PRIORS`, or a module whose ``forward()`` returns the
+        distribution of the top latent (event shape ``[latent_dims[-1]]``; see :mod:`pyro_iwae.priors`).
+    :param guide: one of :data:`GUIDES`, or a class ``(in_dim, hidden_dim, out_dim) -> module``
+        whose ``forward(inputs)`` returns the distribution of the next latent (see :mod:`pyro_iwae.networks`).
     """
 
     def __init__(
@@ -42,19 +57,37 @@ class VAE(nn.Module):
         latent_dims: Sequence[int] = ARCHITECTURES[1][1],
         x_dim: int = 784,
         mean_pixel: torch.Tensor | None = None,
+        prior: str | nn.Module = "normal",
+        guide: str | Callable[[int, int, int], nn.Module] = "normal",
     ) -> None:
         super().__init__()
         if len(hidden_dims) != len(latent_dims):
             raise ValueError("hidden_dims and latent_dims need one entry per stochastic layer")
+        if isinstance(guide, str) and guide not in GUIDES:
+            raise ValueError(f"unknown guide {guide!r}: choose one of {', '.join(GUIDES)}")
+        guide_layer = GUIDES[guide] if isinstance(guide, str) else guide
         self.latent_dims = tuple(latent_dims)
         below = (x_dim, *latent_dims[:-1])
         # encoder[l]: q(z(l+1) | z(l)), with z0 = x
-        self.encoder = nn.ModuleList(GaussianLayer(i, h, o) for i, h, o in zip(below, hidden_dims, latent_dims))
+        self.encoder = nn.ModuleList(guide_layer(i, h, o) for i, h, o in zip(below, hidden_dims, latent_dims))
         # decoder_latents[l]: p(z(l+1) | z(l+2))
         self.decoder_latents = nn.ModuleList(
             GaussianLayer(i, h, o) for i, h, o in zip(latent_dims[1:], hidden_dims[1:], latent_dims[:-1])
         )
         self.decoder_pixels = BernoulliLayer(latent_dims[0], hidden_dims[0], x_dim, mean_pixel)
+        self.prior = self._make_prior(prior, x_dim, mean_pixel) if isinstance(prior, str) else prior
+
+    def _make_prior(self, name: str, x_dim: int, mean_pixel: torch.Tensor | None) -> nn.Module:
+        latent_dim = self.latent_dims[-1]
+        if name == "normal":
+            return StandardNormalPrior(latent_dim)
+        if name == "learned-normal":
+            return LearnedNormalPrior(latent_dim)
+        if name == "mog":
+            return MixtureOfGaussiansPrior(latent_dim)
+        if name == "vamp":
+            return VampPrior(self.encoder, mean_pixel if mean_pixel is not None else torch.full((x_dim,), 0.5))
+        raise ValueError(f"unknown prior {name!r}: choose one of {', '.join(PRIORS)}")
 
     @property
     def latent_names(self) -> list[str]:
@@ -65,15 +98,15 @@ class VAE(nn.Module):
         """
         p(x, z) for a ``[batch_size, x_dim]`` batch of binary images.
         """
+        pyro.module("prior", self.prior)
         pyro.module("decoder_latents", self.decoder_latents)
         pyro.module("decoder_pixels", self.decoder_pixels)
         names = self.latent_names
         with pyro.plate("data", x.shape[0]):
-            prior = dist.Normal(x.new_zeros(self.latent_dims[-1]), 1.0).to_event(1)
-            z = pyro.sample(names[-1], prior)
+            z = pyro.sample(names[-1], self.prior())
             for name, layer in zip(reversed(names[:-1]), reversed(self.decoder_latents)):
-                z = pyro.sample(name, dist.Normal(*layer(z)).to_event(1))
-            pyro.sample("x", dist.Bernoulli(logits=self.decoder_pixels(z)).to_event(1), obs=x)
+                z = pyro.sample(name, layer(z))
+            pyro.sample("x", self.decoder_pixels(z), obs=x)
 
     def guide(self, x: torch.Tensor) -> None:
         """
@@ -83,4 +116,4 @@ class VAE(nn.Module):
         with pyro.plate("data", x.shape[0]):
             z = x
             for name, layer in zip(self.latent_names, self.encoder):
-                z = pyro.sample(name, dist.Normal(*layer(z)).to_event(1))
+                z = pyro.sample(name, layer(z))

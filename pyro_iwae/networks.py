@@ -1,15 +1,21 @@
 """
-The tanh multilayer perceptrons of Burda et al. (2016), section 5.
+The conditional distributions of Burda et al. (2016), section 5, as ``nn.Module`` s.
 
-Every stochastic layer is reached through two deterministic tanh layers; a
-Gaussian layer outputs a mean and a positive scale, a Bernoulli layer outputs
-logits.
+Every stochastic layer is reached through two deterministic tanh layers. A layer
+maps its ``[..., in_dim]`` input to the Pyro distribution of the next variable,
+with event shape ``[out_dim]``; :class:`~pyro_iwae.models.VAE` samples from it.
+That is the whole contract, so a guide layer can be swapped for any module that
+keeps it (:class:`IAFLayer`, or a user's own).
 """
 
 from __future__ import annotations
 
+import pyro.distributions as dist
+import pyro.distributions.transforms as T
 import torch
 from torch import nn
+
+from pyro_iwae.distributions import BernoulliPixels
 
 
 def tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
@@ -19,8 +25,7 @@ def tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
 
 class GaussianLayer(nn.Module):
     """
-    Maps ``[..., in_dim]`` inputs to the ``loc`` and ``scale`` (both
-    ``[..., out_dim]``, ``scale > 0``) of a diagonal Gaussian.
+    ``inputs -> N(loc, diag(scale^2))`` with ``loc, scale = f(inputs)``, ``scale > 0``.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
@@ -29,14 +34,44 @@ class GaussianLayer(nn.Module):
         self.loc = nn.Linear(hidden_dim, out_dim)
         self.log_scale = nn.Linear(hidden_dim, out_dim)
 
-    def forward(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.hidden(inputs)
+    def loc_scale(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[..., out_dim]`` loc and scale for ``[..., in_dim]`` inputs."""
+        return self.loc_scale_from_hidden(self.hidden(inputs))
+
+    def loc_scale_from_hidden(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loc(hidden), self.log_scale(hidden).exp()
+
+    def forward(self, inputs: torch.Tensor) -> dist.TorchDistribution:
+        return dist.Normal(*self.loc_scale(inputs)).to_event(1)
+
+
+class IAFLayer(GaussianLayer):
+    """
+    A Gaussian followed by ``num_flows`` inverse autoregressive flows (Kingma et al.,
+    2016, "Improved variational inference with inverse autoregressive flow"), each
+    ``z -> mu(z, h) + sigma(z, h) * z`` with an autoregressive network (MADE) that also
+    sees the layer's hidden features ``h`` as context, as in Kingma et al.'s section 4.
+
+    ``log q(z | inputs)`` is exact: the Gaussian's log-density minus the flows'
+    log-determinants, which Pyro computes from the values it cached while sampling
+    (a value the flows did not produce is inverted, one dimension at a time).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_flows: int = 2) -> None:
+        super().__init__(in_dim, hidden_dim, out_dim)
+        self.flows = nn.ModuleList(
+            T.conditional_affine_autoregressive(out_dim, hidden_dim, hidden_dims=[hidden_dim]) for _ in range(num_flows)
+        )
+
+    def forward(self, inputs: torch.Tensor) -> dist.TorchDistribution:
+        hidden = self.hidden(inputs)
+        base = dist.Normal(*self.loc_scale_from_hidden(hidden)).to_event(1)
+        return dist.TransformedDistribution(base, [flow.condition(hidden) for flow in self.flows])
 
 
 class BernoulliLayer(nn.Module):
     """
-    Maps ``[..., in_dim]`` inputs to ``[..., out_dim]`` Bernoulli logits.
+    ``inputs -> BernoulliPixels(logits)`` with ``[..., out_dim]`` logits ``= f(inputs)``.
 
     :param mean_pixel: optional ``[out_dim]`` data mean; the output bias starts at
         its logit, so an untrained decoder already predicts the average image
@@ -51,5 +86,5 @@ class BernoulliLayer(nn.Module):
             with torch.no_grad():
                 self.logits.bias.copy_(torch.logit(mean_pixel.clamp(1e-3, 1 - 1e-3)))
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.logits(self.hidden(inputs))
+    def forward(self, inputs: torch.Tensor) -> BernoulliPixels:
+        return BernoulliPixels(self.logits(self.hidden(inputs)))

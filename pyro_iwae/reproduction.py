@@ -7,6 +7,8 @@ requested configuration is skipped, and one with a checkpoint resumes from it,
 so an interrupted grid (or a grid given more epochs) continues where it stopped.
 IWAE with k = 1 is the VAE objective (the same gradient on the same samples),
 so that cell reuses the VAE's run, as the paper's table repeats its number.
+The IWAE bound trained with the STL and DReG gradient estimators
+(:mod:`pyro_iwae.objectives`) can be added as further columns.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ PAPER_NLL = {
     ("mnist", 2, "iwae"): {1: 85.33, 5: 83.89, 50: 82.90},
     ("binarized-mnist", 1, "iwae"): {1: 88.71, 5: 87.63, 50: 87.10},
 }
-NAMES = {"elbo": "VAE", "iwae": "IWAE"}
+NAMES = {"elbo": "VAE", "iwae": "IWAE", "iwae-stl": "IWAE-STL", "iwae-dreg": "IWAE-DReG"}
+#: the objectives of Burda et al.'s Table 1, the grid's default
+TABLE_OBJECTIVES = ("elbo", "iwae")
 #: fields that may differ between the requested configuration and a finished cell
 RUN_ONLY_FIELDS = ("resume", "progress", "plots", "out", "device")
 
@@ -55,7 +59,7 @@ class Cell:
     @property
     def trained_as(self) -> Cell:
         """The cell whose run this cell's numbers come from (IWAE k=1 is the VAE)."""
-        return dataclasses.replace(self, objective="elbo") if self.particles == 1 else self
+        return dataclasses.replace(self, objective="elbo") if (self.objective, self.particles) == ("iwae", 1) else self
 
 
 def grid(
@@ -71,7 +75,9 @@ def _finished(out: Path, config: ExperimentConfig) -> dict | None:
         return None
     metrics = json.loads(metrics_path.read_text())
     wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_FIELDS}
-    done = {k: v for k, v in metrics["config"].items() if k not in RUN_ONLY_FIELDS}
+    # a field added to ExperimentConfig after the run was made has its default there
+    done_config = {**dataclasses.asdict(ExperimentConfig()), **metrics["config"]}
+    done = {k: v for k, v in done_config.items() if k not in RUN_ONLY_FIELDS}
     return metrics if done == wanted else None
 
 
@@ -154,9 +160,19 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
         f" ({first['config']['schedule']} schedule, batch {first['batch_size']}, {updates} updates); the paper"
         f" trains for 3280 epochs (3.3M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
         f" evaluation in all on {first['device']} (torch {first['torch_version']}, pyro {first['pyro_version']})."
-        f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model. 'paper': Burda et al."
+        f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model.{_estimators_note(results)}"
+        " 'paper': Burda et al."
         f" (2016), Table 1 (appendix D for binarized-mnist); 'active units': Var_x(E_q[z_u|x]) > 0.01, summed over"
         f" layers.\n\nCommand: `{command}`"
+    )
+
+
+def _estimators_note(results: dict[Cell, dict]) -> str:
+    if not any(c.objective in ("iwae-stl", "iwae-dreg") for c in results):
+        return ""
+    return (
+        " IWAE-STL and IWAE-DReG train the IWAE bound with the sticking-the-landing (Roeder et al., 2017) and"
+        " doubly reparameterized (Tucker et al., 2019) gradients for the guide; the paper has no numbers for them."
     )
 
 
@@ -164,8 +180,8 @@ def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> 
     """Test NLL against k for each objective and depth, the paper's values as hollow markers."""
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
-    colors = {("elbo", 1): "C0", ("iwae", 1): "C1", ("elbo", 2): "C2", ("iwae", 2): "C3"}
-    for (objective, n), color in colors.items():
+    lines = [(objective, n) for n in (1, 2) for objective in NAMES]
+    for (objective, n), color in zip(lines, (f"C{i}" for i in range(len(lines)))):
         ks = sorted({c.particles for c in results if (c.objective, c.layers) == (objective, n)})
         if not ks:
             continue

@@ -9,6 +9,10 @@ import pytest
 import torch
 from conftest import ROOT
 
+from pyro_iwae.experiment import load_model
+from pyro_iwae.networks import IAFLayer
+from pyro_iwae.priors import VampPrior
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("reconstructions.png", "samples.png", "latent_traversal.png", "training_curve.png")
 
@@ -82,6 +86,18 @@ def test_resume_adds_epochs_and_keeps_history(run_dir):
     assert json.loads((out / "metrics.json").read_text())["epochs"] == 2
 
 
+def test_swapped_prior_and_guide_with_dreg_end_to_end(tmp_path, data_dir):
+    flags = ["--objective", "iwae-dreg", "--particles", 3, "--prior", "vamp", "--guide", "iaf", "--layers", 2]
+    flags += ["--epochs", 1, "--train-size", 200, "--test-size", 40, "--eval-particles", 20, "--data-dir", data_dir]
+    result = run_example(*flags, "--out", tmp_path, "--no-plots")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (metrics["objective"], metrics["prior"], metrics["guide"]) == ("iwae-dreg", "vamp", "iaf")
+    assert -550 < metrics["test_log_likelihood"] < -100 and metrics["test_elbo"] < metrics["test_log_likelihood"]
+    model = load_model(tmp_path)
+    assert isinstance(model.prior, VampPrior) and isinstance(model.encoder[0], IAFLayer)
+
+
 def test_help_explains_every_flag():
     result = run_example("--help")
     assert result.returncode == 0
@@ -89,6 +105,8 @@ def test_help_explains_every_flag():
         "--objective",
         "--particles",
         "--layers",
+        "--prior",
+        "--guide",
         "--dataset",
         "--data-dir",
         "--epochs",
@@ -117,6 +135,8 @@ def test_help_explains_every_flag():
         (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
         (["--objective", "vae"], "invalid choice: 'vae'"),
         (["--dataset", "cifar"], "invalid choice: 'cifar'"),
+        (["--prior", "cauchy"], "invalid choice: 'cauchy'"),
+        (["--guide", "planar"], "invalid choice: 'planar'"),
     ],
 )
 def test_bad_flags_get_one_line(flags, message):

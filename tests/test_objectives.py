@@ -20,12 +20,12 @@ def hand_log_weights(vae: VAE, x: torch.Tensor, z: dict) -> torch.Tensor:
     log_q = 0.0
     below = x
     for name, layer in zip(names, vae.encoder):
-        log_q = log_q + Normal(*layer(below)).log_prob(z[name]).sum(-1)
+        log_q = log_q + Normal(*layer.loc_scale(below)).log_prob(z[name]).sum(-1)
         below = z[name]
     log_p = Normal(0.0, 1.0).log_prob(z[names[-1]]).sum(-1)
     for lower, upper, layer in zip(names[:-1], names[1:], vae.decoder_latents):
-        log_p = log_p + Normal(*layer(z[upper])).log_prob(z[lower]).sum(-1)
-    log_p = log_p + Bernoulli(logits=vae.decoder_pixels(z[names[0]])).log_prob(x).sum(-1)
+        log_p = log_p + Normal(*layer.loc_scale(z[upper])).log_prob(z[lower]).sum(-1)
+    log_p = log_p + Bernoulli(logits=vae.decoder_pixels(z[names[0]]).logits).log_prob(x).sum(-1)
     return log_p - log_q
 
 
@@ -66,7 +66,7 @@ def test_iwae_gradients_match_hand_computation(vae_and_batch):
     _, z = recorded_latents(make_objective("iwae", k), vae, x, "loss_and_grads")
     pyro_grads = [p.grad.clone() for p in vae.parameters()]
     vae.zero_grad()
-    loc, scale = vae.encoder[0](x)
+    loc, scale = vae.encoder[0].loc_scale(x)
     eps = ((z["z1"] - loc) / scale).detach()
     log_weights = hand_log_weights(vae, x, {"z1": loc + scale * eps})
     (-(torch.logsumexp(log_weights, 0) - math.log(k)).sum()).backward()

@@ -36,6 +36,25 @@ def test_table_layout_and_paper_numbers():
     assert "| 50 | 95.00 | – | 9 |" in binarized  # appendix D gives no VAE number
 
 
+def test_gradient_estimators_get_their_own_columns_and_runs():
+    cells = grid(["iwae", "iwae-stl", "iwae-dreg"], [1, 5], [1], [0])
+    # only IWAE k = 1 is the VAE; STL and DReG at k = 1 are other gradient estimators of the ELBO
+    assert {c.trained_as.objective for c in cells if c.particles == 1} == {"elbo", "iwae-stl", "iwae-dreg"}
+    results = {Cell("iwae-dreg", 5, 1, 0): fake_metrics(87.0, 40), Cell("iwae", 5, 1, 0): fake_metrics(88.0, 35)}
+    lines = format_table(results, "mnist").splitlines()
+    assert lines[0].endswith("| 1 layer IWAE-DReG: NLL | paper | active units |")
+    assert lines[2] == "| 5 | 88.00 | 85.54 | 35 | 87.00 | – | 40 |"
+
+
+def test_the_previous_runs_config_fills_in_fields_added_since(tmp_path):
+    """A run made before --prior and --guide existed is still a finished standard-normal, Gaussian-guide run."""
+    config = ExperimentConfig(out=str(tmp_path))
+    old_config = {k: v for k, v in config.__dict__.items() if k not in ("prior", "guide")}
+    (tmp_path / "metrics.json").write_text(json.dumps({"config": old_config}))
+    assert reproduction._finished(tmp_path, config) is not None
+    assert reproduction._finished(tmp_path, ExperimentConfig(out=str(tmp_path), prior="vamp")) is None
+
+
 @pytest.fixture
 def tiny(data_dir):
     return ExperimentConfig(

@@ -1,0 +1,121 @@
+"""
+Signal-to-noise ratio of the encoder's gradient against k, for iwae, iwae-stl and
+iwae-dreg, on the one-layer MNIST model (Rainforth et al., 2018, "Tighter variational
+bounds are not necessarily better", eq. 3):
+
+    SNR(theta_j) = |E[g_j]| / std[g_j]
+
+per parameter component ``j``, from ``--repeats`` gradient estimates of the loss on
+the same ``--images`` test images, averaged over the encoder's components (and, for
+reference, the decoder's). IWAE's encoder SNR falls like 1/sqrt(k); DReG's does not.
+
+    python benchmarks/gradient_snr.py --data-dir ../shared/data --run runs/table-mnist/iwae-k5-1layer-seed0
+
+Without ``--run`` the model is a fresh one trained for ``--warmup-steps`` IWAE steps.
+Prints a markdown table and writes the plot to ``--plot``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyro
+import torch
+from matplotlib.figure import Figure
+from tqdm.auto import tqdm
+
+from pyro_iwae.cli import at_least
+from pyro_iwae.data import load_dataset
+from pyro_iwae.experiment import load_model
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+
+OBJECTIVES = ("iwae", "iwae-stl", "iwae-dreg")
+
+
+def gradient_samples(vae: VAE, objective: str, x: torch.Tensor, num_particles: int, repeats: int) -> dict:
+    """``{"encoder": [repeats, n], "decoder": [repeats, m]}``: flattened gradients, one row per estimate."""
+    elbo = make_objective(objective, num_particles)
+    groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder_pixels.parameters())}
+    samples = {name: [] for name in groups}
+    for _ in range(repeats):
+        vae.zero_grad()
+        elbo.loss_and_grads(vae.model, vae.guide, x)
+        for name, parameters in groups.items():
+            samples[name].append(torch.cat([p.grad.flatten() for p in parameters]))
+    return {name: torch.stack(rows) for name, rows in samples.items()}
+
+
+def signal_to_noise(samples: torch.Tensor) -> float:
+    """Mean over components of ``|mean| / std`` (components whose gradient is always 0 left out)."""
+    std = samples.std(0)
+    keep = std > 0
+    return (samples.mean(0)[keep].abs() / std[keep]).mean().item()
+
+
+def warmed_up_model(images: torch.Tensor, steps: int) -> VAE:
+    vae = VAE(*ARCHITECTURES[1], mean_pixel=images.mean(0))
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, eps=1e-4)
+    elbo = make_objective("iwae", 5)
+    for step in tqdm(range(steps), desc="warm-up", unit="step"):
+        optimizer.zero_grad()
+        elbo.loss_and_grads(vae.model, vae.guide, torch.bernoulli(images[step * 20 % len(images) :][:20]))
+        optimizer.step()
+    return vae
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    for i, objective in enumerate(OBJECTIVES):
+        ks = [r["k"] for r in rows if r["objective"] == objective]
+        axes.plot(ks, [r["encoder"] for r in rows if r["objective"] == objective], marker="o", color=f"C{i}")
+        axes.plot([], [], marker="o", color=f"C{i}", label=f"{objective}: encoder")
+    iwae = [r for r in rows if r["objective"] == "iwae"]
+    axes.plot([r["k"] for r in iwae], [r["decoder"] for r in iwae], "k--", marker=".", label="iwae: decoder")
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("k (samples in the bound)")
+    axes.set_ylabel("mean SNR of the gradient, |E g| / std g")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    pyro.enable_validation(False)
+    torch.manual_seed(args.seed)
+    dataset = load_dataset("mnist", args.data_dir, train_size=args.warmup_steps * 20 or None, test_size=args.images)
+    vae = load_model(args.run) if args.run else warmed_up_model(dataset.train, args.warmup_steps)
+    x = dataset.test
+    rows = []
+    print(f"{args.repeats} estimates each, {x.shape[0]} test image(s); model: {args.run or 'warmed-up'}")
+    print("| objective | k | encoder SNR | decoder SNR |")
+    print("| --- | --- | --- | --- |")
+    for k in args.particles:
+        for objective in OBJECTIVES:
+            samples = gradient_samples(vae, objective, x, k, args.repeats)
+            row = dict(objective=objective, k=k, **{name: signal_to_noise(g) for name, g in samples.items()})
+            rows.append(row)
+            print(f"| {objective} | {k} | {row['encoder']:.3f} | {row['decoder']:.3f} |", flush=True)
+    plot(rows, args.plot, f"gradient SNR, one-layer MNIST model, {args.repeats} estimates per point")
+    print(f"wrote {args.plot}")
+    return rows
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--run", default=None, help="a one-layer run directory of examples/mnist.py to measure")
+    p.add_argument("--warmup-steps", type=at_least(0), default=1000, help="without --run (default: %(default)s)")
+    p.add_argument("--particles", nargs="+", type=at_least(1), default=[1, 3, 10, 30, 100, 300, 1000])
+    p.add_argument("--repeats", type=at_least(2), default=200, help="gradient estimates per point")
+    p.add_argument("--images", type=at_least(1), default=1, help="test images in the batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="benchmarks/results/gradient_snr.png")
+    return p
+
+
+if __name__ == "__main__":
+    main(parser().parse_args())

@@ -1,0 +1,237 @@
+"""
+IWAE_STL and IWAE_DReG on a linear-Gaussian model whose posterior and ELBO have
+closed forms (tests/linear_gaussian.py), with learnable model and guide parameters.
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from linear_gaussian import LinearGaussian
+from torch import nn
+
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+
+ESTIMATORS = ("iwae-stl", "iwae-dreg")
+
+
+class LinearGaussianVAE(nn.Module):
+    """
+    p(z) = N(0, I), p(x | z) = N(W z + b, sigma^2) with learnable ``b``;
+    q(z | x) = N(A x + c, diag(exp(2 s))) with learnable ``A, c, s``, which starts at
+    the exact posterior shifted by ``guide_shift`` and scaled by ``guide_scale``.
+    """
+
+    def __init__(self, guide_shift=0.0, guide_scale=1.0):
+        super().__init__()
+        self.truth = LinearGaussian()
+        W, b, sigma = self.truth.W, self.truth.b, self.truth.sigma
+        variance = 1 / (1 + (W**2).sum(0) / sigma**2)
+        A = W.T * (variance / sigma**2)[:, None]
+        self.register_buffer("W", W)
+        self.sigma = sigma
+        self.b = nn.Parameter(b.clone())
+        self.A = nn.Parameter(A.clone())
+        self.c = nn.Parameter(-A @ b + guide_shift)
+        self.log_scale = nn.Parameter(0.5 * variance.log() + torch.log(torch.tensor(guide_scale, dtype=torch.float64)))
+
+    def model(self, x):
+        pyro.module("linear_gaussian", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.W.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("linear_gaussian", self)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ self.A.T + self.c, self.log_scale.exp()).to_event(1))
+
+    def guide_parameters(self):
+        return [self.A, self.c, self.log_scale]
+
+    def closed_form_elbo(self, x):
+        """log p(x) - KL(q || p(z | x)), differentiable in the guide's parameters."""
+        posterior = torch.distributions.Normal(*self.truth.posterior(x))
+        guide = torch.distributions.Normal(x @ self.A.T + self.c, self.log_scale.exp())
+        return self.truth.log_marginal(x) - torch.distributions.kl_divergence(guide, posterior).sum(-1)
+
+
+def gradient_samples(vae, objective, x, num_particles, repeats, parameters):
+    """``[repeats, num_parameters]``: one flattened gradient of the loss per repeat."""
+    elbo = make_objective(objective, num_particles)
+    samples = []
+    for _ in range(repeats):
+        vae.zero_grad()
+        elbo.loss_and_grads(vae.model, vae.guide, x)
+        samples.append(torch.cat([p.grad.flatten() for p in parameters]))
+    return torch.stack(samples)
+
+
+@pytest.fixture
+def x():
+    return LinearGaussian().sample_x(3).double()
+
+
+@pytest.mark.parametrize("objective", ESTIMATORS)
+def test_loss_and_model_gradient_equal_iwae_on_the_same_samples(x, objective):
+    vae = LinearGaussianVAE(guide_shift=0.5, guide_scale=1.5)
+    results = {}
+    for name in ("iwae", objective):
+        vae.zero_grad()
+        pyro.set_rng_seed(1)
+        loss = make_objective(name, 7).loss_and_grads(vae.model, vae.guide, x)
+        results[name] = loss, vae.b.grad.clone(), vae.c.grad.clone()
+    assert results[objective][0] == pytest.approx(results["iwae"][0], rel=1e-12)
+    assert torch.allclose(results[objective][1], results["iwae"][1], rtol=1e-10)
+    assert not torch.allclose(results[objective][2], results["iwae"][2])  # the guide's gradient differs
+
+
+@pytest.mark.parametrize("objective", ESTIMATORS)
+def test_guide_gradient_has_zero_variance_at_the_exact_posterior(x, objective):
+    vae = LinearGaussianVAE()
+    iwae = gradient_samples(vae, "iwae", x, 5, 20, vae.guide_parameters())
+    ours = gradient_samples(vae, objective, x, 5, 20, vae.guide_parameters())
+    assert iwae.std(0).max() > 0.1
+    assert ours.abs().max() < 1e-9  # log w = log p(x) for every z: no path gradient at all
+
+
+def test_stl_and_dreg_are_unbiased_for_the_elbo_at_k_1(x):
+    """At k = 1 both reduce to the path gradient of the ELBO, whose value is known in closed form."""
+    vae = LinearGaussianVAE(guide_shift=0.5, guide_scale=1.5)
+    vae.zero_grad()
+    (-vae.closed_form_elbo(x).sum()).backward()
+    exact = torch.cat([p.grad.flatten() for p in vae.guide_parameters()])
+    for objective in ESTIMATORS:
+        samples = gradient_samples(vae, objective, x, 1, 2000, vae.guide_parameters())
+        standard_error = samples.std(0) / samples.shape[0] ** 0.5
+        assert ((samples.mean(0) - exact).abs() < 4.5 * standard_error).all(), objective
+        assert (exact.abs() > 10 * standard_error).sum() >= 4  # the test can tell a wrong mean
+
+
+def test_dreg_is_unbiased_for_the_iwae_gradient(x):
+    """E[DReG's guide gradient] = E[IWAE's] (Tucker et al., 2019, eq. 5), at k = 8."""
+    vae = LinearGaussianVAE(guide_shift=0.5, guide_scale=1.5)
+    iwae = gradient_samples(vae, "iwae", x, 8, 4000, vae.guide_parameters())
+    dreg = gradient_samples(vae, "iwae-dreg", x, 8, 1000, vae.guide_parameters())
+    standard_error = (iwae.var(0) / iwae.shape[0] + dreg.var(0) / dreg.shape[0]).sqrt()
+    assert ((iwae.mean(0) - dreg.mean(0)).abs() < 4.5 * standard_error).all()
+    assert (iwae.mean(0).abs() > 10 * standard_error).sum() >= 4  # the test can tell a wrong mean
+    assert (dreg.var(0) < iwae.var(0)).all()
+
+
+def signal_to_noise(samples):
+    """Rainforth et al. (2018), eq. 3, per parameter: |E[g]| / std[g]."""
+    return samples.mean(0).abs() / samples.std(0)
+
+
+def test_dreg_guide_snr_grows_with_k_while_iwae_snr_decays():
+    """Rainforth et al. (2018): IWAE's guide SNR falls like 1/sqrt(k); DReG's does not."""
+    x = LinearGaussian().sample_x(1).double()
+    vae = LinearGaussianVAE(guide_shift=0.5, guide_scale=1.5)
+    snr = {
+        (objective, k): signal_to_noise(gradient_samples(vae, objective, x, k, 400, [vae.c])).mean()
+        for objective in ("iwae", "iwae-dreg")
+        for k in (4, 256)
+    }
+    assert snr["iwae", 256] < snr["iwae", 4] / 2  # theory: / 8
+    assert snr["iwae-dreg", 256] > snr["iwae-dreg", 4]
+
+
+@pytest.mark.parametrize("objective", ESTIMATORS)
+def test_score_function_guide_is_refused(x, objective):
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("k", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="'k' .* not reparameterized"):
+        make_objective(objective, 3).loss_and_grads(LinearGaussianVAE().model, guide, x)
+
+
+class HierarchicalLinearGaussian(nn.Module):
+    """
+    z2 ~ N(0, 1), z1 ~ N(a z2, s^2), x ~ N(w z1 + b, sigma^2 I) with scalar z1, z2; the guide
+    q(z1 | x) q(z2 | z1) is Gaussian and linear in its input, and starts at the exact posterior
+    p(z1 | x) p(z2 | z1) (the chain is Markov), shifted by ``guide_shift``.
+    """
+
+    a, s, sigma = 1.5, 0.6, 0.4
+
+    def __init__(self, guide_shift=0.0):
+        super().__init__()
+        self.register_buffer("w", torch.tensor([1.0, -0.5, 0.8], dtype=torch.float64))
+        self.register_buffer("b", torch.tensor([0.3, 0.0, -0.2], dtype=torch.float64))
+        z1_precision = 1 / (self.a**2 + self.s**2) + (self.w**2).sum() / self.sigma**2
+        z2_precision = 1 + self.a**2 / self.s**2
+        self.z1_weight = nn.Parameter(self.w / (self.sigma**2 * z1_precision))  # loc = (x - b) . z1_weight
+        self.z1_shift = nn.Parameter(torch.tensor(guide_shift, dtype=torch.float64))
+        self.z1_log_scale = nn.Parameter(-0.5 * z1_precision.log())
+        self.z2_weight = nn.Parameter(torch.tensor(self.a / self.s**2 / z2_precision, dtype=torch.float64))
+        self.z2_shift = nn.Parameter(torch.tensor(guide_shift, dtype=torch.float64))
+        self.z2_log_scale = nn.Parameter(torch.tensor(-0.5 * math.log(z2_precision), dtype=torch.float64))
+
+    def model(self, x):
+        pyro.module("hierarchical", self)
+        with pyro.plate("data", x.shape[0]):
+            z2 = pyro.sample("z2", dist.Normal(x.new_zeros(1), 1.0).to_event(1))
+            z1 = pyro.sample("z1", dist.Normal(self.a * z2, self.s).to_event(1))
+            pyro.sample("x", dist.Normal(z1 * self.w + self.b, self.sigma).to_event(1), obs=x)
+
+    def guide(self, x):
+        pyro.module("hierarchical", self)
+        with pyro.plate("data", x.shape[0]):
+            z1_loc = ((x - self.b) @ self.z1_weight)[..., None] + self.z1_shift
+            z1 = pyro.sample("z1", dist.Normal(z1_loc, self.z1_log_scale.exp()).to_event(1))
+            z2_loc = self.z2_weight * z1 + self.z2_shift
+            pyro.sample("z2", dist.Normal(z2_loc, self.z2_log_scale.exp()).to_event(1))
+
+
+@pytest.mark.parametrize("objective", ESTIMATORS)
+def test_two_layer_guide_gradient_has_zero_variance_at_the_exact_posterior(objective):
+    """Only if the path through q(z2 | z1)'s input z1 is kept do the guide's gradients cancel exactly."""
+    vae = HierarchicalLinearGaussian()
+    x = torch.tensor([[0.9, -0.4, 0.5], [-1.0, 0.6, -0.9]], dtype=torch.float64)
+    iwae = gradient_samples(vae, "iwae", x, 5, 20, list(vae.parameters()))
+    ours = gradient_samples(vae, objective, x, 5, 20, list(vae.parameters()))
+    assert iwae.std(0).max() > 0.1
+    assert ours.abs().max() < 1e-9
+
+
+def test_two_layer_dreg_is_unbiased_for_the_iwae_gradient():
+    vae = HierarchicalLinearGaussian(guide_shift=0.4)
+    x = torch.tensor([[0.9, -0.4, 0.5]], dtype=torch.float64)
+    iwae = gradient_samples(vae, "iwae", x, 8, 3000, list(vae.parameters()))
+    dreg = gradient_samples(vae, "iwae-dreg", x, 8, 1000, list(vae.parameters()))
+    standard_error = (iwae.var(0) / iwae.shape[0] + dreg.var(0) / dreg.shape[0]).sqrt()
+    assert ((iwae.mean(0) - dreg.mean(0)).abs() < 4.5 * standard_error).all()
+    assert (iwae.mean(0).abs() > 10 * standard_error).sum() >= 2  # the test can tell a wrong mean
+
+
+@pytest.mark.parametrize("objective", ESTIMATORS)
+@pytest.mark.parametrize("layers", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("prior", ["normal", "vamp"])
+@pytest.mark.parametrize("guide", ["normal", "iaf"])
+def test_every_parameter_of_every_prior_and_guide_gets_a_finite_gradient(objective, layers, prior, guide):
+    torch.manual_seed(0)
+    vae = VAE(*ARCHITECTURES[layers], prior=prior, guide=guide)
+    x = torch.bernoulli(torch.full((4, 784), 0.2))
+    make_objective(objective, 3).loss_and_grads(vae.model, vae.guide, x)
+    assert all(p.grad is not None and p.grad.isfinite().all() for p in vae.parameters())
+
+
+@pytest.mark.parametrize("guide", ["normal", "iaf"])
+def test_dreg_trains_a_vae(guide):
+    torch.manual_seed(0)
+    vae = VAE(prior="vamp", guide=guide)
+    x = torch.bernoulli(torch.full((8, 784), 0.2))
+    elbo = make_objective("iwae-dreg", 4)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        optimizer.zero_grad()
+        losses.append(elbo.loss_and_grads(vae.model, vae.guide, x))
+        optimizer.step()
+    assert sum(losses[-5:]) < sum(losses[:5]) - 5 * 8  # more than 5 nats per image
