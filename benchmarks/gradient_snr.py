@@ -29,6 +29,7 @@ from pyro_iwae.data import load_dataset
 from pyro_iwae.experiment import load_model
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
+from pyro_iwae.training import make_optimizer
 
 OBJECTIVES = ("iwae", "iwae-stl", "iwae-dreg")
 
@@ -55,7 +56,7 @@ def signal_to_noise(samples: torch.Tensor) -> float:
 
 def warmed_up_model(images: torch.Tensor, steps: int) -> VAE:
     vae = VAE(*ARCHITECTURES[1], mean_pixel=images.mean(0))
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3, eps=1e-4)
+    optimizer = make_optimizer(vae.parameters(), lr=1e-3)
     elbo = make_objective("iwae", 5)
     for step in tqdm(range(steps), desc="warm-up", unit="step"):
         optimizer.zero_grad()

@@ -90,6 +90,18 @@ def log_density(trace: Trace, data_frame: CondIndepStackFrame, num_particles: in
     return total
 
 
+def default_particle_chunk_size(device: torch.device, batch_size: int) -> int:
+    """
+    Particles per pass, so that a pass has about 10,000 rows (data points x particles)
+    on the CPU and 100,000 on a GPU. On the CPU, 10,000 rows of 784 pixels keep every
+    tensor below the 32 MiB that :func:`~pyro_iwae.allocator.keep_freed_memory` can
+    recycle, and were the fastest pass on the project's machine (``benchmarks/README.md``);
+    a GPU needs more rows to fill it.
+    """
+    rows = 10_000 if device.type == "cpu" else 100_000
+    return max(1, rows // batch_size)
+
+
 @torch.inference_mode()
 def log_likelihood(
     model: Callable,
@@ -97,7 +109,7 @@ def log_likelihood(
     data: torch.Tensor,
     num_particles: int = 5000,
     batch_size: int = 100,
-    particle_chunk_size: int = 500,
+    particle_chunk_size: int | None = None,
     max_plate_nesting: int = 1,
     progress: bool = False,
 ) -> ImportanceEstimate:
@@ -110,11 +122,12 @@ def log_likelihood(
 
     :param data: ``[num_data, ...]`` data points.
     :param batch_size: data points per pass.
-    :param particle_chunk_size: particles per pass.
+    :param particle_chunk_size: particles per pass (default: :func:`default_particle_chunk_size`).
     :param progress: show a progress bar.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    particle_chunk_size = particle_chunk_size or default_particle_chunk_size(data.device, batch_size)
     log_likelihoods, elbos = [], []
     with tqdm(total=data.shape[0], desc=f"evaluating (K={num_particles})", unit="img", disable=not progress) as bar:
         for x in data.split(batch_size):

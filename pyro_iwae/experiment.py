@@ -16,6 +16,7 @@ import pyro
 import torch
 
 from pyro_iwae import plots
+from pyro_iwae.allocator import keep_freed_memory
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
@@ -134,6 +135,7 @@ def run(config: ExperimentConfig) -> dict:
     dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
     pyro.enable_validation(config.validate)
     pyro.clear_param_store()
     torch.manual_seed(config.seed)

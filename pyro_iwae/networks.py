@@ -14,13 +14,42 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from pyro_iwae.distributions import BernoulliPixels
+from pyro_iwae.distributions import BernoulliPixels, DiagonalNormal
+
+
+class Tanh(nn.Module):
+    """
+    ``tanh(x)``; on the CPU computed as ``2 sigmoid(2x) - 1``, which equals it to
+    within 2e-7 in float32. PyTorch's CPU ``tanh`` kernel is five times slower than
+    its ``sigmoid`` (1.3 ms against 0.28 ms for a ``[5000, 200]`` tensor on the
+    project's machine), and the tanh layers took 10 to 15 % of the evaluator's time.
+    The backward pass is tanh's own, ``grad * (1 - tanh(x)^2)``. Elsewhere (CUDA)
+    it is ``torch.tanh``.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return _SigmoidTanh.apply(inputs) if inputs.device.type == "cpu" else torch.tanh(inputs)
+
+
+class _SigmoidTanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = torch.sigmoid(2 * inputs).mul_(2).sub_(1)
+        ctx.save_for_backward(outputs)
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (outputs,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, outputs)
 
 
 def tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
     """``in_dim -> hidden_dim -> hidden_dim``, tanh after each layer."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.Tanh(), nn.Linear(hidden_dim, hidden_dim), nn.Tanh())
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), Tanh(), nn.Linear(hidden_dim, hidden_dim), Tanh())
 
 
 class GaussianLayer(nn.Module):
@@ -42,7 +71,7 @@ class GaussianLayer(nn.Module):
         return self.loc(hidden), self.log_scale(hidden).exp()
 
     def forward(self, inputs: torch.Tensor) -> dist.TorchDistribution:
-        return dist.Normal(*self.loc_scale(inputs)).to_event(1)
+        return DiagonalNormal(*self.loc_scale(inputs))
 
 
 class IAFLayer(GaussianLayer):
@@ -65,7 +94,7 @@ class IAFLayer(GaussianLayer):
 
     def forward(self, inputs: torch.Tensor) -> dist.TorchDistribution:
         hidden = self.hidden(inputs)
-        base = dist.Normal(*self.loc_scale_from_hidden(hidden)).to_event(1)
+        base = DiagonalNormal(*self.loc_scale_from_hidden(hidden))
         return dist.TransformedDistribution(base, [flow.condition(hidden) for flow in self.flows])
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pyro_iwae.distributions import DiagonalNormalMixture
+from pyro_iwae.distributions import DiagonalNormal, DiagonalNormalMixture
 from pyro_iwae.networks import GaussianLayer
 
 
@@ -29,7 +29,7 @@ class StandardNormalPrior(nn.Module):
         self.register_buffer("loc", torch.zeros(latent_dim), persistent=False)
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, 1.0).to_event(1)
+        return DiagonalNormal(self.loc, torch.ones_like(self.loc))
 
 
 class LearnedNormalPrior(nn.Module):
@@ -41,7 +41,7 @@ class LearnedNormalPrior(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(latent_dim))
 
     def forward(self) -> dist.TorchDistribution:
-        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+        return DiagonalNormal(self.loc, self.log_scale.exp())
 
 
 class MixtureOfGaussiansPrior(nn.Module):

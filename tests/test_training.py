@@ -14,6 +14,7 @@ from pyro_iwae.training import (
     TrainingError,
     burda_learning_rates,
     learning_rates,
+    make_optimizer,
     train,
 )
 
@@ -147,3 +148,17 @@ def test_images_outside_the_unit_interval_are_refused():
         ValueError, match=r"intensities in \[0, 1\].*values in \[12.75, 242.25\].*divide 8-bit images by 255"
     ):
         train(vae, vae.model, vae.guide, make_objective("iwae", 2), images() * 255, [1e-3], progress=False)
+
+
+def test_optimizer_is_adam_with_the_papers_settings():
+    """One step of the fused optimizer against Adam's update written out (Kingma & Ba, 2015, algorithm 1)."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))
+    grad = torch.randn(5, dtype=torch.float64)
+    start = p.detach().clone()
+    optimizer = make_optimizer([p], lr=0.01)
+    assert optimizer.defaults["betas"] == (0.9, 0.999) and optimizer.defaults["eps"] == 1e-4
+    p.grad = grad.clone()
+    optimizer.step()
+    m, v = 0.1 * grad / (1 - 0.9), 0.001 * grad**2 / (1 - 0.999)  # bias-corrected moments after one step
+    assert torch.allclose(p.detach(), start - 0.01 * m / (v.sqrt() + 1e-4), rtol=1e-12)
