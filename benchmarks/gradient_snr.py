@@ -7,7 +7,9 @@ bounds are not necessarily better", eq. 3):
 
 per parameter component ``j``, from ``--repeats`` gradient estimates of the loss on
 the same ``--images`` test images, averaged over the encoder's components (and, for
-reference, the decoder's). IWAE's encoder SNR falls like 1/sqrt(k); DReG's does not.
+reference, the decoder's). Asymptotically in k, IWAE's encoder SNR falls like 1/sqrt(k)
+and DReG's does not; on a partly trained MNIST model, whose weights are far from balanced, both
+fall, DReG's more slowly (figures in the README).
 
     python benchmarks/gradient_snr.py --data-dir ../shared/data --run runs/table-mnist/iwae-k5-1layer-seed0
 

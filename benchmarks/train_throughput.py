@@ -17,11 +17,11 @@ import argparse
 import copy
 import math
 import statistics
-import time
 
 import pyro
 import torch
 import torch.nn.functional as F
+from timing import add_device_argument, clock
 from torch.distributions import Normal
 
 from pyro_iwae.allocator import keep_freed_memory
@@ -40,7 +40,7 @@ def hand_written_loss(vae: VAE, x: torch.Tensor, num_particles: int, objective: 
     latents = []
     for layer in vae.encoder:
         loc, scale = layer.loc_scale(below)
-        z = loc + scale * torch.randn((num_particles,) + loc.shape[-2:])  # [k, B, dim] for every layer
+        z = loc + scale * torch.randn((num_particles,) + loc.shape[-2:], device=loc.device)  # [k, B, dim]
         log_weights = log_weights - Normal(loc, scale, validate_args=False).log_prob(z).sum(-1)
         latents.append(z)
         below = z
@@ -58,15 +58,17 @@ def hand_written_loss(vae: VAE, x: torch.Tensor, num_particles: int, objective: 
 
 
 def time_steps(step, batches: list[torch.Tensor]) -> float:
-    start = time.perf_counter()
+    start = clock(batches[0].device)
     for x in batches:
         step(x)
-    return time.perf_counter() - start
+    return clock(batches[0].device) - start
 
 
-def measure(objective: str, layers: int, batch_size: int, num_particles: int, steps: int, rounds: int) -> dict:
+def measure(
+    objective: str, layers: int, batch_size: int, num_particles: int, steps: int, rounds: int, device: torch.device
+) -> dict:
     torch.manual_seed(0)
-    ours = VAE(*ARCHITECTURES[layers])
+    ours = VAE(*ARCHITECTURES[layers]).to(device)
     theirs = copy.deepcopy(ours)
     our_optimizer = make_optimizer(ours.parameters(), lr=1e-3)
     their_optimizer = make_optimizer(theirs.parameters(), lr=1e-3)
@@ -82,7 +84,7 @@ def measure(objective: str, layers: int, batch_size: int, num_particles: int, st
         hand_written_loss(theirs, x, num_particles, "elbo" if objective == "elbo" else "iwae").backward()
         their_optimizer.step()
 
-    batches = [torch.bernoulli(torch.full((batch_size, 784), 0.13)) for _ in range(steps)]
+    batches = [torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)) for _ in range(steps)]
     time_steps(our_step, batches[:3]), time_steps(their_step, batches[:3])  # warm up
     ours_seconds, theirs_seconds = [], []
     for i in range(rounds):  # interleaved, each first in every other round, so that both see the same machine
@@ -117,7 +119,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             for batch_size in args.batch_sizes:
                 for k in args.particles:
                     steps = max(3, args.images // (batch_size * max(1, k // 5)))
-                    r = measure(objective, layers, batch_size, k, steps, args.rounds)
+                    r = measure(objective, layers, batch_size, k, steps, args.rounds, torch.device(args.device))
                     rows.append(r)
                     print(
                         f"| {objective} | {layers} | {batch_size} | {k} | {r['ours']:.0f} | {r['theirs']:.0f} |"
@@ -137,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
         default=["iwae", "elbo"],
         help="iwae-stl and iwae-dreg are compared with the hand-written IWAE (default: %(default)s)",
     )
+    add_device_argument(p)
     p.add_argument("--layers", nargs="+", type=int, default=[1, 2])
     p.add_argument("--batch-sizes", nargs="+", type=int, default=[20, 100])
     p.add_argument("--particles", nargs="+", type=int, default=[1, 5, 50])

@@ -1,5 +1,6 @@
 """Importance Weighted Autoencoders (Burda et al., 2016) in Pyro."""
 
+from pyro_iwae.allocator import keep_freed_memory
 from pyro_iwae.data import load_dataset
 from pyro_iwae.data_plate import DataPlateError, check_data_plate
 from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_importance_weights, log_likelihood
@@ -17,6 +18,7 @@ __all__ = [
     "ImportanceEstimate",
     "active_units",
     "check_data_plate",
+    "keep_freed_memory",
     "load_dataset",
     "log_importance_weights",
     "log_likelihood",

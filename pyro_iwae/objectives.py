@@ -72,6 +72,11 @@ class _PathwiseIWAE(IWAE_ELBO):
     ``dlog q/dphi`` that goes through ``z``. A parameter that both use (a VampPrior's
     encoder) gets both parts.
 
+    ``log q(stop_gradient(z))`` runs the guide a second time, on the detached samples:
+    one more pass through a Gaussian guide, but through a flow guide the flows' inverse,
+    which Pyro computes for an autoregressive flow one latent dimension at a time (the
+    costs measured are in the README).
+
     ``loss`` is the IWAE bound itself; only ``loss_and_grads`` differs from
     :class:`IWAE_ELBO`. Every latent site of the guide must be reparameterized.
     """

@@ -119,27 +119,27 @@ def _summary(values: list[float], digits: int = 2) -> str:
 
 
 def format_table(results: dict[Cell, dict], dataset: str) -> str:
-    """Markdown: rows k, columns VAE / IWAE for each depth, our test NLL beside the paper's, active units."""
+    """
+    Markdown in the paper's layout: one row per (stochastic layers, k), for each objective our
+    test NLL and active units, with the paper's NLL beside ours for the objectives of its Table 1.
+    """
     cells = list(results)
-    layers = sorted({c.layers for c in cells})
     objectives = [o for o in NAMES if any(c.objective == o for c in cells)]
-    header = ["k"]
-    for n in layers:
-        for o in objectives:
-            header += [f"{n} layer{'s' * (n > 1)} {NAMES[o]}: NLL", "paper", "active units"]
+    header = ["layers", "k"]
+    for o in objectives:
+        header += [f"{NAMES[o]}: NLL"] + ["paper"] * (o in TABLE_OBJECTIVES) + ["active units"]
     rows = []
-    for k in sorted({c.particles for c in cells}):
-        row = [str(k)]
-        for n in layers:
+    for n in sorted({c.layers for c in cells}):
+        for k in sorted({c.particles for c in cells}):
+            row = [str(n), str(k)]
             for o in objectives:
                 metrics = _seeds(results, o, k, n)
-                paper = PAPER_NLL.get((dataset, n, o), {}).get(k)
-                row += [
-                    _summary([-m["test_log_likelihood"] for m in metrics]) if metrics else "",
-                    f"{paper:.2f}" if paper else "–",
-                    _summary([m["active_units"] for m in metrics], 0) if metrics else "",
-                ]
-        rows.append(row)
+                row.append(_summary([-m["test_log_likelihood"] for m in metrics]) if metrics else "")
+                if o in TABLE_OBJECTIVES:
+                    paper = PAPER_NLL.get((dataset, n, o), {}).get(k)
+                    row.append(f"{paper:.2f}" if paper else "–")
+                row.append(_summary([m["active_units"] for m in metrics], 0) if metrics else "")
+            rows.append(row)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
@@ -177,21 +177,26 @@ def _estimators_note(results: dict[Cell, dict]) -> str:
 
 
 def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> None:
-    """Test NLL against k for each objective and depth, the paper's values as hollow markers."""
+    """
+    Test NLL against k for each objective (one colour each) and depth (1 layer: solid
+    line and circles, 2 layers: dashed line and triangles); the paper's values dotted,
+    with hollow markers.
+    """
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
-    lines = [(objective, n) for n in (1, 2) for objective in NAMES]
-    for (objective, n), color in zip(lines, (f"C{i}" for i in range(len(lines)))):
-        ks = sorted({c.particles for c in results if (c.objective, c.layers) == (objective, n)})
-        if not ks:
-            continue
-        nll = [statistics.mean(-m["test_log_likelihood"] for m in _seeds(results, objective, k, n)) for k in ks]
-        label = f"{NAMES[objective]}, {n} layer{'s' * (n > 1)}"
-        axes.plot(ks, nll, marker="o", color=color, label=label)
-        paper = PAPER_NLL.get((dataset, n, objective), {})
-        if paper:
-            axes.plot(list(paper), list(paper.values()), marker="s", linestyle=":", color=color, fillstyle="none")
-    axes.plot([], [], marker="s", linestyle=":", color="grey", fillstyle="none", label="paper (3280 epochs)")
+    colors = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
+    for n, linestyle, marker in ((1, "-", "o"), (2, "--", "^")):
+        for objective, color in colors.items():
+            ks = sorted({c.particles for c in results if (c.objective, c.layers) == (objective, n)})
+            if not ks:
+                continue
+            nll = [statistics.mean(-m["test_log_likelihood"] for m in _seeds(results, objective, k, n)) for k in ks]
+            label = f"{NAMES[objective]}, {n} layer{'s' * (n > 1)}"
+            axes.plot(ks, nll, linestyle=linestyle, marker=marker, color=color, label=label)
+            paper = PAPER_NLL.get((dataset, n, objective), {})
+            if paper:
+                axes.plot(list(paper), list(paper.values()), ":", marker=marker, color=color, fillstyle="none")
+    axes.plot([], [], ":", marker="o", color="grey", fillstyle="none", label="paper (3280 epochs)")
     axes.set_xscale("log")
     axes.set_xlabel("k (samples in the training objective)")
     axes.set_ylabel("test NLL (nats)")
@@ -201,19 +206,31 @@ def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> 
     figure.savefig(path, dpi=100)
 
 
+def _table_order(cell: Cell) -> tuple:
+    return list(NAMES).index(cell.objective), cell.particles, cell.seed
+
+
 def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str | Path) -> None:
-    """Training loss per image against epoch for every trained model, one panel per depth."""
+    """
+    Training loss per image against epoch for every trained model, one panel per depth;
+    one colour per objective, one line style and marker per k.
+    """
     layers = sorted({c.layers for c in results})
+    several_seeds = len({c.seed for c in results}) > 1
+    colors = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
+    styles = dict(zip(sorted({c.particles for c in results}), ("-o", "--s", ":^", "-.D", "-v", "--P")))
     figure = Figure(figsize=(6 * len(layers), 4))
     for axes, n in zip(figure.subplots(1, len(layers), squeeze=False)[0], layers):
-        for cell in sorted({c.trained_as for c in results if c.layers == n}, key=lambda c: (c.objective, c.particles)):
+        for cell in sorted({c.trained_as for c in results if c.layers == n}, key=_table_order):
             history = read_history(Path(out) / cell.name / "history.csv")
             axes.plot(
                 [row["epoch"] for row in history],
                 [row["loss"] for row in history],
-                marker="o",
-                label=f"{NAMES[cell.objective]} k={cell.particles} seed {cell.seed}",
+                styles.get(cell.particles, "-o"),
+                color=colors[cell.objective],
+                label=f"{NAMES[cell.objective]} k={cell.particles}" + f" seed {cell.seed}" * several_seeds,
             )
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_xlabel("epoch")
         axes.set_ylabel("training loss (nats per image)")
         axes.set_title(f"{n} layer{'s' * (n > 1)}")

@@ -27,6 +27,8 @@ def page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc only")
 def test_freed_memory_is_reused_instead_of_faulted_back_in():
-    # by default glibc gives the 64 MiB back after every pass, and each pass faults it in again, 4 KiB at a time
-    assert page_faults("default") > 20 * 16384 // 2
-    assert page_faults("keep") < 16384  # less than one pass faulted in, in all
+    kept = page_faults("keep")
+    assert kept < 16384  # less than one pass's 64 MiB faulted in, in all 20 passes
+    # by default glibc gives the 64 MiB back after every pass, and each pass faults it in again: 4 KiB a fault
+    # (327,000 faults), or about 64 KiB where the kernel maps ahead (20,000); never as few as with the memory kept
+    assert page_faults("default") > 2 * kept

@@ -29,11 +29,23 @@ def test_table_layout_and_paper_numbers():
         Cell("iwae", 5, 1, 0): fake_metrics(88.5, 30),
     }
     lines = format_table(results, "mnist").splitlines()
-    assert lines[0] == "| k | 1 layer VAE: NLL | paper | active units | 1 layer IWAE: NLL | paper | active units |"
+    assert lines[0] == "| layers | k | VAE: NLL | paper | active units | IWAE: NLL | paper | active units |"
     # mean ± sample sd over seeds: 91 ± 1.41; Burda et al. Table 1: 86.47 (VAE) and 85.54 (IWAE) for k = 5
-    assert lines[2] == "| 5 | 91.00 ± 1.41 | 86.47 | 21 ± 1 | 88.50 | 85.54 | 30 |"
+    assert lines[2] == "| 1 | 5 | 91.00 ± 1.41 | 86.47 | 21 ± 1 | 88.50 | 85.54 | 30 |"
     binarized = format_table({Cell("elbo", 50, 1, 0): fake_metrics(95.0, 9)}, "binarized-mnist")
-    assert "| 50 | 95.00 | – | 9 |" in binarized  # appendix D gives no VAE number
+    assert "| 1 | 50 | 95.00 | – | 9 |" in binarized  # appendix D gives no VAE number
+
+
+def test_table_has_one_row_per_depth_and_k():
+    results = {Cell("elbo", k, n, 0): fake_metrics(100.0 - k - n, 10 * n) for k in (1, 5) for n in (1, 2)}
+    rows = format_table(results, "mnist").splitlines()[2:]
+    # Burda et al. Table 1, 2 layers, VAE: 85.33 (k = 1) and 85.01 (k = 5)
+    assert rows == [
+        "| 1 | 1 | 98.00 | 86.76 | 10 |",
+        "| 1 | 5 | 94.00 | 86.47 | 10 |",
+        "| 2 | 1 | 97.00 | 85.33 | 20 |",
+        "| 2 | 5 | 93.00 | 85.01 | 20 |",
+    ]
 
 
 def test_gradient_estimators_get_their_own_columns_and_runs():
@@ -42,8 +54,9 @@ def test_gradient_estimators_get_their_own_columns_and_runs():
     assert {c.trained_as.objective for c in cells if c.particles == 1} == {"elbo", "iwae-stl", "iwae-dreg"}
     results = {Cell("iwae-dreg", 5, 1, 0): fake_metrics(87.0, 40), Cell("iwae", 5, 1, 0): fake_metrics(88.0, 35)}
     lines = format_table(results, "mnist").splitlines()
-    assert lines[0].endswith("| 1 layer IWAE-DReG: NLL | paper | active units |")
-    assert lines[2] == "| 5 | 88.00 | 85.54 | 35 | 87.00 | – | 40 |"
+    # the paper has no DReG numbers, so DReG gets no "paper" column
+    assert lines[0] == "| layers | k | IWAE: NLL | paper | active units | IWAE-DReG: NLL | active units |"
+    assert lines[2] == "| 1 | 5 | 88.00 | 85.54 | 35 | 87.00 | 40 |"
 
 
 def test_the_previous_runs_config_fills_in_fields_added_since(tmp_path):
