@@ -69,7 +69,7 @@ def main(args: argparse.Namespace) -> dict:
     pyro.enable_validation(False)
     keep_freed_memory()
     torch.manual_seed(0)
-    device = torch.device(args.device)
+    device = args.device
     vae = VAE(*ARCHITECTURES[args.layers]).to(device)
     x = torch.bernoulli(torch.full((args.images, 784), 0.13, device=device))
     peak_before = matmul_peak(device)

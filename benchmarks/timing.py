@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
 
+from pyro_iwae.experiment import ConfigError, resolve_device
 
-def add_device_argument(parser) -> None:
+
+def device(name: str) -> torch.device:
+    """``--device``: ``cpu``, ``cuda`` or ``auto``; ``cuda`` is refused in one line where torch sees no GPU."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device here: use cpu, cuda or auto")
+    try:
+        return resolve_device(name)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--device", choices=("cpu", "cuda"), default="cpu", help="where to run the measured work (default: %(default)s)"
+        "--device", type=device, default="cpu", help="cpu, cuda or auto: where to run the measured work (default: cpu)"
     )
 
 

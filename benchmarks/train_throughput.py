@@ -119,7 +119,7 @@ def main(args: argparse.Namespace) -> list[dict]:
             for batch_size in args.batch_sizes:
                 for k in args.particles:
                     steps = max(3, args.images // (batch_size * max(1, k // 5)))
-                    r = measure(objective, layers, batch_size, k, steps, args.rounds, torch.device(args.device))
+                    r = measure(objective, layers, batch_size, k, steps, args.rounds, args.device)
                     rows.append(r)
                     print(
                         f"| {objective} | {layers} | {batch_size} | {k} | {r['ours']:.0f} | {r['theirs']:.0f} |"

@@ -1,0 +1,62 @@
+"""
+Every benchmark runs end to end at a toy size and prints its table (the figures themselves are
+measured by hand, see benchmarks/README.md), and ``--device cuda`` without a GPU is one line.
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+
+
+def benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, f"benchmarks/{script}", *args], capture_output=True, text=True, cwd=ROOT, timeout=300
+    )
+
+
+def test_train_throughput_compares_every_configuration():
+    result = benchmark(
+        "train_throughput.py", "--objectives", "iwae", "iwae-dreg", "--layers", "2", "--batch-sizes", "4",
+        "--particles", "3", "--images", "8", "--rounds", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| iwae")]
+    assert [row.split(" | ")[:4] for row in rows] == [["| iwae", "2", "4", "3"], ["| iwae-dreg", "2", "4", "3"]]
+
+
+def test_eval_throughput_reports_the_fraction_of_peak_and_the_naive_ratio():
+    result = benchmark(
+        "eval_throughput.py", "--images", "4", "--eval-particles", "50", "--naive-images", "1", "--naive-particles", "5"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| 2048x2048 fp32 matmul (peak) |" in result.stdout
+    assert "ours / naive:" in result.stdout
+
+
+def test_memory_compares_the_two_evaluator_peaks():
+    result = benchmark("memory.py", "--images", "2", "--repeats", "1")
+    assert result.returncode == 0, result.stderr
+    assert "evaluator K = 50000 / K = 5000: tensors 1.00" in result.stdout  # chunked: the same peak
+
+
+def test_gradient_snr_writes_its_plot(data_dir, tmp_path):
+    plot = tmp_path / "snr.png"
+    result = benchmark(
+        "gradient_snr.py", "--data-dir", str(data_dir), "--warmup-steps", "2", "--particles", "1", "4",
+        "--repeats", "3", "--plot", str(plot),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len([line for line in result.stdout.splitlines() if line.startswith("| iwae")]) == 6
+    assert plot.stat().st_size > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("script", ["train_throughput.py", "eval_throughput.py"])
+def test_cuda_without_a_gpu_is_one_line(script):
+    result = benchmark(script, "--device", "cuda")
+    assert result.returncode == 2
+    assert "torch sees no CUDA GPU" in result.stderr
+    assert "Traceback" not in result.stderr
