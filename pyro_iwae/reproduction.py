@@ -37,6 +37,8 @@ PAPER_NLL = {
     ("binarized-mnist", 1, "iwae"): {1: 88.71, 5: 87.63, 50: 87.10},
 }
 NAMES = {"elbo": "VAE", "iwae": "IWAE", "iwae-stl": "IWAE-STL", "iwae-dreg": "IWAE-DReG"}
+#: one colour per objective, the same in every plot of the grid
+COLORS = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
 #: the objectives of Burda et al.'s Table 1, the grid's default
 TABLE_OBJECTIVES = ("elbo", "iwae")
 #: fields that may differ between the requested configuration and a finished cell
@@ -184,9 +186,8 @@ def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> 
     """
     figure = Figure(figsize=(6, 4.5))
     axes = figure.subplots()
-    colors = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
     for n, linestyle, marker in ((1, "-", "o"), (2, "--", "^")):
-        for objective, color in colors.items():
+        for objective, color in COLORS.items():
             ks = sorted({c.particles for c in results if (c.objective, c.layers) == (objective, n)})
             if not ks:
                 continue
@@ -217,7 +218,6 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
     """
     layers = sorted({c.layers for c in results})
     several_seeds = len({c.seed for c in results}) > 1
-    colors = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
     styles = dict(zip(sorted({c.particles for c in results}), ("-o", "--s", ":^", "-.D", "-v", "--P")))
     figure = Figure(figsize=(6 * len(layers), 4))
     for axes, n in zip(figure.subplots(1, len(layers), squeeze=False)[0], layers):
@@ -227,7 +227,7 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
                 [row["epoch"] for row in history],
                 [row["loss"] for row in history],
                 styles.get(cell.particles, "-o"),
-                color=colors[cell.objective],
+                color=COLORS[cell.objective],
                 label=f"{NAMES[cell.objective]} k={cell.particles}" + f" seed {cell.seed}" * several_seeds,
             )
         axes.xaxis.get_major_locator().set_params(integer=True)
