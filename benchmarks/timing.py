@@ -7,13 +7,14 @@ import time
 
 import torch
 
+from pyro_iwae.cli import DEVICES
 from pyro_iwae.experiment import ConfigError, resolve_device
 
 
 def device(name: str) -> torch.device:
     """``--device``: ``cpu``, ``cuda`` or ``auto``; ``cuda`` is refused in one line where torch sees no GPU."""
-    if name not in ("cpu", "cuda", "auto"):
-        raise argparse.ArgumentTypeError(f"{name!r} is not a device here: use cpu, cuda or auto")
+    if name not in DEVICES:
+        raise argparse.ArgumentTypeError(f"{name!r} is not a device here: use {', '.join(DEVICES)}")
     try:
         return resolve_device(name)
     except ConfigError as error:

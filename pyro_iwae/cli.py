@@ -13,6 +13,8 @@ from pyro_iwae.training import SCHEDULES, CheckpointError, TrainingError
 
 #: errors whose message says what to fix: printed as one line, without a traceback
 USER_ERRORS = (ConfigError, DataError, DataPlateError, CheckpointError, TrainingError)
+#: ``--device`` choices, resolved by :func:`pyro_iwae.experiment.resolve_device`
+DEVICES = ("auto", "cpu", "cuda")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -82,7 +84,7 @@ def add_experiment_arguments(p: argparse.ArgumentParser, schedule: str = "consta
         "--train-size", type=at_least(1), default=None, help="use the first N training images (default: all)"
     )
     p.add_argument("--test-size", type=at_least(1), default=None, help="use the first N test images (default: all)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="(default: %(default)s)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="(default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="do not show progress bars")
 
 
