@@ -195,8 +195,10 @@ def run(config: ExperimentConfig) -> dict:
     )
     write_json(out / "metrics.json", metrics)
     if config.plots:
-        label = f"{config.objective} k={config.particles}, {config.layers} layer(s), {config.prior} prior"
-        label += f", {config.guide} guide"
+        label = (
+            f"{config.objective} k={config.particles}, {config.layers} layer(s),"
+            f" {config.prior} prior, {config.guide} guide"
+        )
         save_plots(vae, test, history, out, label)
     return metrics
 
