@@ -7,9 +7,13 @@ bounds are not necessarily better", eq. 3):
 
 per parameter component ``j``, from ``--repeats`` gradient estimates of the loss on
 the same ``--images`` test images, averaged over the encoder's components (and, for
-reference, the decoder's). Asymptotically in k, IWAE's encoder SNR falls like 1/sqrt(k)
-and DReG's does not; on a partly trained MNIST model, whose weights are far from balanced, both
-fall, DReG's more slowly (figures in the README).
+reference, the decoder's). Beside them, for each k, how evenly the importance weights are
+spread: the effective sample size ``(sum_l w_l)^2 / sum_l w_l^2`` of one draw of k weights,
+and the standard deviation of the log-weights (means over the images).
+
+Asymptotically in k, IWAE's encoder SNR falls like 1/sqrt(k) and DReG's does not; on a partly
+trained MNIST model, whose weights are far from balanced, both fall, DReG's more slowly
+(figures in the README).
 
     python benchmarks/gradient_snr.py --data-dir ../shared/data --run runs/table-mnist/iwae-k5-1layer-seed0
 
@@ -28,6 +32,7 @@ from tqdm.auto import tqdm
 
 from pyro_iwae.cli import at_least
 from pyro_iwae.data import load_dataset
+from pyro_iwae.evaluation import log_importance_weights
 from pyro_iwae.experiment import load_model
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
@@ -54,6 +59,15 @@ def signal_to_noise(samples: torch.Tensor) -> float:
     std = samples.std(0)
     keep = std > 0
     return (samples.mean(0)[keep].abs() / std[keep]).mean().item()
+
+
+@torch.no_grad()
+def weight_spread(vae: VAE, x: torch.Tensor, num_particles: int) -> dict:
+    """``{"ess": ..., "log_weight_sd": ...}`` of one draw of ``num_particles`` weights per image, means over images."""
+    log_weights = log_importance_weights(vae.model, vae.guide, x, num_particles)  # [k, images]
+    ess = (2 * log_weights.logsumexp(0) - (2 * log_weights).logsumexp(0)).exp()
+    sd = log_weights.std(0) if num_particles > 1 else torch.zeros(x.shape[0])
+    return {"ess": ess.mean().item(), "log_weight_sd": sd.mean().item()}
 
 
 def warmed_up_model(images: torch.Tensor, steps: int) -> VAE:
@@ -94,14 +108,19 @@ def main(args: argparse.Namespace) -> list[dict]:
     x = dataset.test
     rows = []
     print(f"{args.repeats} estimates each, {x.shape[0]} test image(s); model: {args.run or 'warmed-up'}")
-    print("| objective | k | encoder SNR | decoder SNR |")
-    print("| --- | --- | --- | --- |")
+    print("| objective | k | encoder SNR | decoder SNR | ESS of the weights | sd of log-weights |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for k in args.particles:
+        spread = weight_spread(vae, x, k)
         for objective in OBJECTIVES:
             samples = gradient_samples(vae, objective, x, k, args.repeats)
-            row = dict(objective=objective, k=k, **{name: signal_to_noise(g) for name, g in samples.items()})
+            row = dict(objective=objective, k=k, **{name: signal_to_noise(g) for name, g in samples.items()}, **spread)
             rows.append(row)
-            print(f"| {objective} | {k} | {row['encoder']:.3f} | {row['decoder']:.3f} |", flush=True)
+            print(
+                f"| {objective} | {k} | {row['encoder']:.3f} | {row['decoder']:.3f} | {row['ess']:.1f} |"
+                f" {row['log_weight_sd']:.2f} |",
+                flush=True,
+            )
     plot(rows, args.plot, f"gradient SNR, one-layer MNIST model, {args.repeats} estimates per point")
     print(f"wrote {args.plot}")
     return rows
