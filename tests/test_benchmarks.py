@@ -60,3 +60,10 @@ def test_cuda_without_a_gpu_is_one_line(script):
     assert result.returncode == 2
     assert "torch sees no CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_kernels_compares_each_choice_with_its_default():
+    result = benchmark("kernels.py", "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    assert "| Tanh (2 sigmoid(2x) - 1), [5000, 200] |" in result.stdout
+    assert "| Adam step, fused (make_optimizer) |" in result.stdout
