@@ -24,7 +24,8 @@ from timing import add_device_argument, clock
 from torch import nn
 
 from pyro_iwae.allocator import keep_freed_memory
-from pyro_iwae.evaluation import default_particle_chunk_size, log_importance_weights, log_likelihood
+from pyro_iwae.evaluation import default_particle_chunk_size, log_likelihood
+from pyro_iwae.importance import log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 
 
@@ -56,7 +57,9 @@ def naive_log_likelihood(vae: VAE, x: torch.Tensor, num_particles: int) -> torch
     """One image and one particle (one trace) at a time."""
     return torch.stack(
         [
-            torch.cat([log_importance_weights(vae.model, vae.guide, row[None], 1) for _ in range(num_particles)])
+            torch.cat(
+                [log_importance_weights(vae.model, vae.guide, row[None], num_particles=1) for _ in range(num_particles)]
+            )
             .logsumexp(0)
             .squeeze(0)
             - math.log(num_particles)
@@ -76,7 +79,14 @@ def main(args: argparse.Namespace) -> dict:
 
     start = clock(device)
     chunk = args.particle_chunk_size or default_particle_chunk_size(x.device, args.eval_batch_size)
-    log_likelihood(vae.model, vae.guide, x, args.eval_particles, args.eval_batch_size, chunk)
+    log_likelihood(
+        vae.model,
+        vae.guide,
+        x,
+        num_particles=args.eval_particles,
+        batch_size=args.eval_batch_size,
+        particle_chunk_size=chunk,
+    )
     ours_seconds = clock(device) - start
     start = clock(device)
     naive_log_likelihood(vae, x[: args.naive_images], args.naive_particles)

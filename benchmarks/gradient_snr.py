@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from pyro_iwae.cli import at_least
 from pyro_iwae.data import load_dataset
-from pyro_iwae.evaluation import log_importance_weights
 from pyro_iwae.experiment import load_model
+from pyro_iwae.importance import log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.training import make_optimizer
@@ -64,7 +64,7 @@ def signal_to_noise(samples: torch.Tensor) -> float:
 @torch.no_grad()
 def weight_spread(vae: VAE, x: torch.Tensor, num_particles: int) -> dict:
     """``{"ess": ..., "log_weight_sd": ...}`` of one draw of ``num_particles`` weights per image, means over images."""
-    log_weights = log_importance_weights(vae.model, vae.guide, x, num_particles)  # [k, images]
+    log_weights = log_importance_weights(vae.model, vae.guide, x, num_particles=num_particles)  # [k, images]
     ess = (2 * log_weights.logsumexp(0) - (2 * log_weights).logsumexp(0)).exp()
     sd = log_weights.std(0) if num_particles > 1 else torch.zeros(x.shape[0])
     return {"ess": ess.mean().item(), "log_weight_sd": sd.mean().item()}

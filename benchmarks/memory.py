@@ -65,7 +65,7 @@ def job(kind: str, particles: int, images: int, batch_size: int) -> None:
     vae = VAE()
     x = torch.bernoulli(torch.full((images, 784), 0.13))
     if kind == "eval":
-        log_likelihood(vae.model, vae.guide, x, particles)
+        log_likelihood(vae.model, vae.guide, x, num_particles=particles)
         return
     elbo, optimizer = make_objective("iwae", particles), make_optimizer(vae.parameters(), lr=1e-3)
     for batch in x.split(batch_size):

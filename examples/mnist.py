@@ -32,6 +32,7 @@ def main(args: argparse.Namespace) -> dict:
         resume=args.resume,
         plots=not args.no_plots,
         validate=args.validate,
+        snapshot_every=args.snapshot_every,
     )
     metrics = run(config)
     summary = {key: metrics[key] for key in ("test_log_likelihood", "test_elbo", "active_units", "train_seconds")}
@@ -98,6 +99,13 @@ def parser() -> argparse.ArgumentParser:
         "[-<guide>-guide])",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--snapshot-every",
+        type=at_least(1),
+        default=None,
+        help="keep the weights in OUT/weights/ after epochs 0-9, 10-90 in tens, ..., at least every N epochs,"
+        " and the last, for a training curve (default: off)",
+    )
     p.add_argument("--no-plots", action="store_true", help="do not write the PNG pictures")
     p.add_argument(
         "--validate",

@@ -2,10 +2,11 @@
 
 from pyro_iwae.allocator import keep_freed_memory
 from pyro_iwae.data import load_dataset
-from pyro_iwae.data_plate import DataPlateError, check_data_plate
-from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_importance_weights, log_likelihood
+from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_likelihood
+from pyro_iwae.experiment import load_model
+from pyro_iwae.importance import DataPlateError, check_data_plate, importance_weights, log_importance_weights
 from pyro_iwae.models import VAE
-from pyro_iwae.objectives import IWAE_ELBO, IWAE_STL, IWAE_DReG, make_objective
+from pyro_iwae.objectives import IWAE_ELBO, IWAE_STL, VAE_ELBO, IWAE_DReG, make_objective
 from pyro_iwae.training import train
 
 __version__ = "0.1.0"
@@ -14,12 +15,15 @@ __all__ = [
     "IWAE_STL",
     "IWAE_DReG",
     "VAE",
+    "VAE_ELBO",
     "DataPlateError",
     "ImportanceEstimate",
     "active_units",
     "check_data_plate",
+    "importance_weights",
     "keep_freed_memory",
     "load_dataset",
+    "load_model",
     "log_importance_weights",
     "log_likelihood",
     "make_objective",

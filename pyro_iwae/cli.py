@@ -7,8 +7,8 @@ import sys
 from collections.abc import Callable
 
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, DataError
-from pyro_iwae.data_plate import DataPlateError
 from pyro_iwae.experiment import ConfigError, ExperimentConfig
+from pyro_iwae.importance import DataPlateError
 from pyro_iwae.training import SCHEDULES, CheckpointError, TrainingError
 
 #: errors whose message says what to fix: printed as one line, without a traceback

@@ -145,11 +145,28 @@ def load_dataset(
         torch.from_numpy(read(folder / file_name, num_images))
         for file_name, num_images in (source.files["train"], source.files["test"])
     )
+    for split, size, images in (("train", train_size, train), ("test", test_size, test)):
+        if size is not None and size > images.shape[0]:
+            raise DataError(
+                f"--{split}-size {size} is more than the {images.shape[0]:,} {split} images of {name}:"
+                f" ask for at most {images.shape[0]}, or leave it out to use them all"
+            )
     if source.dynamic_binarization:
         train = train.float().div_(255)
-        generator = torch.Generator().manual_seed(TEST_BINARIZATION_SEED)
-        test = torch.bernoulli(test.float().div_(255), generator=generator)
+        test = binarize(test.float().div_(255))
     return Dataset(name, train[:train_size].float(), test[:test_size].float(), source.dynamic_binarization)
+
+
+def binarize(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
+    """
+    Draw every pixel once as Bernoulli(intensity) with a generator seeded with ``seed``:
+    the same binary images at every call. This is how :func:`load_dataset` fixes the test set;
+    binarize the whole of a split and slice it afterwards, so that image ``i`` does not depend on
+    how many images are kept.
+
+    :param images: ``[num_images, 784]`` intensities in [0, 1] on the CPU.
+    """
+    return torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
 
 
 def batches(

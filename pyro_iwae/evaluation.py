@@ -22,13 +22,10 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.util import sum_rightmost
-from pyro.poutine.indep_messenger import CondIndepStackFrame
-from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
-from pyro_iwae.data_plate import PARTICLE_PLATE, check_data_plate
+from pyro_iwae.importance import PARTICLE_PLATE, DataPlateError, guess_max_plate_nesting, log_importance_weights
 
 
 class ImportanceEstimate(NamedTuple):
@@ -39,55 +36,6 @@ class ImportanceEstimate(NamedTuple):
 
     log_likelihood: torch.Tensor
     elbo: torch.Tensor
-
-
-def importance_traces(model: Callable, guide: Callable, *args, **kwargs) -> tuple[Trace, Trace]:
-    """
-    Run ``guide`` and then ``model`` replayed against it.
-
-    :returns: ``(model_trace, guide_trace)`` with subsample sites pruned.
-    """
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
-
-
-def log_importance_weights(
-    model: Callable,
-    guide: Callable,
-    x: torch.Tensor,
-    num_particles: int,
-    max_plate_nesting: int = 1,
-) -> torch.Tensor:
-    """
-    Draw ``num_particles`` samples from ``guide(x)`` per data point, vectorized
-    in a particle plate at dim ``-(max_plate_nesting + 1)``.
-
-    :param x: ``[batch_size, ...]`` data, passed as ``model(x)`` and ``guide(x)``.
-    :returns: ``[num_particles, batch_size]`` log-weights ``log p(x_i, z_il) - log q(z_il | x_i)``.
-    :raises DataPlateError: if a site is not inside one un-subsampled data plate.
-    """
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
-        model_trace, guide_trace = importance_traces(model, guide, x)
-    data_frame = check_data_plate(model_trace, guide_trace)
-    return log_density(model_trace, data_frame, num_particles) - log_density(guide_trace, data_frame, num_particles)
-
-
-def log_density(trace: Trace, data_frame: CondIndepStackFrame, num_particles: int) -> torch.Tensor:
-    """
-    The sum of a trace's sample-site log-densities, per particle and data point.
-
-    :param data_frame: the data plate (:func:`~pyro_iwae.data_plate.check_data_plate`),
-        with the particle plate just left of it.
-    :returns: ``[num_particles, batch_size]``.
-    """
-    trace.compute_log_prob()  # masked where poutine.mask says so; the data plate is unscaled
-    total = 0.0
-    for site in trace.nodes.values():
-        if site["type"] == "sample":
-            log_prob = sum_rightmost(site["log_prob"], -data_frame.dim - 1)
-            total = total + log_prob.expand(num_particles, data_frame.size)
-    return total
 
 
 def default_particle_chunk_size(device: torch.device, batch_size: int) -> int:
@@ -102,45 +50,89 @@ def default_particle_chunk_size(device: torch.device, batch_size: int) -> int:
     return max(1, rows // batch_size)
 
 
-@torch.inference_mode()
 def log_likelihood(
     model: Callable,
     guide: Callable,
-    data: torch.Tensor,
+    *args: torch.Tensor,
     num_particles: int = 5000,
     batch_size: int = 100,
     particle_chunk_size: int | None = None,
-    max_plate_nesting: int = 1,
+    max_plate_nesting: int | None = None,
     progress: bool = False,
+    **kwargs,
 ) -> ImportanceEstimate:
     """
-    Importance-sampling estimates of ``log p(x_i)`` (and the ELBO) for every row
-    of ``data``, with ``num_particles`` samples per data point.
+    Importance-sampling estimates of ``log p(x_i)`` (and the ELBO) for every data
+    point, with ``num_particles`` samples per data point::
+
+        log_likelihood(model, guide, images, num_particles=5000)
+        log_likelihood(model, guide, images, labels, num_particles=5000)  # model(images, labels)
 
     Peak memory is set by ``batch_size * particle_chunk_size`` rows, whatever
-    ``num_particles`` is. Runs on the device of ``data``.
+    ``num_particles`` is. Runs on the device of the data.
 
-    :param data: ``[num_data, ...]`` data points.
+    :param args: ``[num_data, ...]`` tensors, split along dim 0 into batches of
+        ``batch_size`` and passed as ``model(*batch, **kwargs)`` and ``guide(*batch, **kwargs)``.
+    :param kwargs: passed to the model and the guide unchanged.
     :param batch_size: data points per pass.
-    :param particle_chunk_size: particles per pass (default: :func:`default_particle_chunk_size`).
+    :param particle_chunk_size: particles per pass (default: :func:`default_particle_chunk_size`
+        for the data points in the pass).
+    :param max_plate_nesting: plates nested in the model, data plate included (default: found
+        from one trace); the particles go in a plate to their left.
     :param progress: show a progress bar.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
-    particle_chunk_size = particle_chunk_size or default_particle_chunk_size(data.device, batch_size)
+    if not args or not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
+        raise TypeError(
+            "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data as tensors"
+            f" with one row per data point, got {[type(arg).__name__ for arg in args]}: pass num_particles and"
+            " batch_size by keyword, and other model arguments as keyword arguments"
+        )
+    num_data = args[0].shape[0]
+    if any(arg.shape[0] != num_data for arg in args):
+        raise ValueError(f"the data tensors have different numbers of rows: {[arg.shape[0] for arg in args]}")
+    batches = list(zip(*(arg.split(batch_size) for arg in args)))
+    # one trace outside inference mode, so that parameters the model or guide create on their first
+    # call (pyro.param, an autoguide's) are ordinary tensors, which training can update afterwards
+    # (it leaves the random number generators as they were)
+    with torch.no_grad():
+        nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
+    max_plate_nesting = nesting if max_plate_nesting is None else max_plate_nesting
     log_likelihoods, elbos = [], []
-    with tqdm(total=data.shape[0], desc=f"evaluating (K={num_particles})", unit="img", disable=not progress) as bar:
-        for x in data.split(batch_size):
-            log_sum_weights = x.new_full(x.shape[:1], -math.inf)
-            sum_log_weights = x.new_zeros(x.shape[:1])
-            for start in range(0, num_particles, particle_chunk_size):
-                chunk = min(particle_chunk_size, num_particles - start)
-                log_weights = log_importance_weights(model, guide, x, chunk, max_plate_nesting)
+    with (
+        torch.inference_mode(),
+        tqdm(total=num_data, desc=f"evaluating (K={num_particles})", unit="data point", disable=not progress) as bar,
+    ):
+        for batch in batches:
+            rows = batch[0].shape[0]
+            chunk_size = particle_chunk_size or default_particle_chunk_size(batch[0].device, rows)
+            log_sum_weights = sum_log_weights = None
+            for start in range(0, num_particles, chunk_size):
+                log_weights = log_importance_weights(
+                    model,
+                    guide,
+                    *batch,
+                    num_particles=min(chunk_size, num_particles - start),
+                    max_plate_nesting=max_plate_nesting,
+                    **kwargs,
+                )
+                if log_weights.shape[1] != rows:
+                    raise DataPlateError(
+                        f"the data plate has {log_weights.shape[1]} data points in a batch of {rows} rows: the"
+                        " evaluator scores every row, so the plate must cover the batch it is given (no"
+                        " subsample_size; pass subsample=indices, or give the model an argument that turns"
+                        " subsampling off)"
+                    )
+                if log_sum_weights is None:  # integer or half-precision data: accumulate in float32 at least
+                    dtype = torch.promote_types(log_weights.dtype, torch.float32)
+                    log_sum_weights = log_weights.new_full((rows,), -math.inf, dtype=dtype)
+                    sum_log_weights = log_weights.new_zeros((rows,), dtype=dtype)
                 log_sum_weights = torch.logaddexp(log_sum_weights, log_weights.logsumexp(0))
                 sum_log_weights += log_weights.sum(0)
             log_likelihoods.append(log_sum_weights - math.log(num_particles))
             elbos.append(sum_log_weights / num_particles)
-            bar.update(x.shape[0])
+            bar.update(rows)
     return ImportanceEstimate(torch.cat(log_likelihoods), torch.cat(elbos))
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -22,7 +24,7 @@ from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS, VAE
 from pyro_iwae.objectives import make_objective
-from pyro_iwae.training import learning_rates, train
+from pyro_iwae.training import CheckpointError, learning_rates, train
 
 #: fields that a checkpoint must share with the run that resumes it
 TRAINING_FIELDS = (
@@ -66,6 +68,7 @@ class ExperimentConfig:
     plots: bool = True
     progress: bool = True
     validate: bool = False
+    snapshot_every: int | None = None
 
     def training_config(self) -> dict:
         return {name: getattr(self, name) for name in TRAINING_FIELDS}
@@ -133,6 +136,11 @@ def run(config: ExperimentConfig) -> dict:
         raise ConfigError(str(error)) from error
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
+    if config.batch_size > dataset.train.shape[0]:
+        raise ConfigError(
+            f"--batch-size {config.batch_size} is more than the {dataset.train.shape[0]} training images:"
+            " lower it, or raise --train-size"
+        )
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
@@ -157,12 +165,18 @@ def run(config: ExperimentConfig) -> dict:
         resume=config.resume,
         progress=config.progress,
         on_epoch_end=lambda history: write_history(out / "history.csv", history),
+        snapshot_every=config.snapshot_every,
     )
 
     test = dataset.test.to(device)
     start = time.perf_counter()
     estimate = log_likelihood(
-        vae.model, vae.guide, test, config.eval_particles, config.eval_batch_size, progress=config.progress
+        vae.model,
+        vae.guide,
+        test,
+        num_particles=config.eval_particles,
+        batch_size=config.eval_batch_size,
+        progress=config.progress,
     )
     eval_seconds = time.perf_counter() - start
     active = active_units(vae.guide, test)
@@ -203,15 +217,89 @@ def run(config: ExperimentConfig) -> dict:
     return metrics
 
 
-def load_model(out: str | Path, device: torch.device | str = "cpu") -> VAE:
-    """The trained :class:`VAE` from the checkpoint that :func:`run` wrote to ``out``."""
-    state = torch.load(Path(out) / "checkpoint.pt", map_location=device, weights_only=False)
-    config = state["config"]
-    vae = VAE(
-        *ARCHITECTURES[config["layers"]], prior=config.get("prior", "normal"), guide=config.get("guide", "normal")
-    ).to(device)
-    vae.load_state_dict(state["module"])
-    return vae
+class StoredWeights(NamedTuple):
+    """What :func:`read_weights` found in a file."""
+
+    #: the file read (a run directory's ``checkpoint.pt``)
+    path: Path
+    #: the training configuration (:meth:`ExperimentConfig.training_config`)
+    config: dict
+    #: the epochs trained
+    epoch: int
+    #: the :class:`VAE`'s state dict
+    module: dict
+
+    def model(self, device: torch.device | str = "cpu") -> VAE:
+        """
+        The :class:`VAE` that ``config`` describes (layers, prior, guide), with these weights.
+
+        :raises CheckpointError: if the config has no number of layers, or the weights do not fit.
+        """
+        layers, prior, guide = (self.config.get(key, default) for key, default in LOADED_FIELDS.items())
+        if layers not in ARCHITECTURES:
+            raise CheckpointError(
+                f"{self.path} records no usable number of layers in its config ({layers!r}): it was not written"
+                " by examples/mnist.py; build the VAE yourself and load_state_dict(...['module'])"
+            )
+        try:
+            vae = VAE(*ARCHITECTURES[layers], prior=prior, guide=guide)
+            vae.load_state_dict(self.module)
+        except (RuntimeError, ValueError) as error:
+            raise CheckpointError(
+                f"the weights in {self.path} do not fit the VAE its config describes (layers {layers}, prior"
+                f" {prior!r}, guide {guide!r}): {error}"
+            ) from error
+        return vae.to(device)
+
+
+#: the fields of a training config that shape the :class:`VAE`, and their defaults for older checkpoints
+LOADED_FIELDS = {"layers": None, "prior": "normal", "guide": "normal"}
+
+
+def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") -> StoredWeights:
+    """
+    The weights stored at ``path``: a run directory written by :func:`run` (its ``checkpoint.pt``),
+    a checkpoint written by :func:`~pyro_iwae.training.train`, or a weights file written by
+    :func:`~pyro_iwae.training.save_weights` (the ``weights/epoch-NNNN.pt`` snapshots).
+
+    :raises CheckpointError: if there is no such file, or it is none of these.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "checkpoint.pt").is_file():
+            raise CheckpointError(f"{path} is a directory without a checkpoint.pt: not a run directory")
+        path = path / "checkpoint.pt"
+    elif not path.is_file():
+        raise CheckpointError(f"no such run directory, checkpoint or weights file: {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # torch.load raises whatever its unpickler or zip reader does
+        raise CheckpointError(
+            f"{path} is not a checkpoint or weights file written by pyro_iwae ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(state, dict) or not {"config", "module"} <= state.keys() or not isinstance(state["config"], dict):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is neither a checkpoint (keys config, module, optimizer, history, ...) nor a weights file"
+            f" (keys config, epoch, module): it holds {found}"
+        )
+    epoch = state["epoch"] if "epoch" in state else len(state.get("history", []))
+    return StoredWeights(path, state["config"], epoch, state["module"])
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
+    """
+    The trained :class:`VAE` stored at ``path``: a run directory written by :func:`run` (its
+    ``checkpoint.pt``), a checkpoint, or a weights file written by :func:`~pyro_iwae.training.save_weights`,
+    built from the configuration stored with the weights (layers, prior, guide)::
+
+        model = load_model("runs/mnist-iwae-k5-1layer/weights/epoch-0100.pt")
+        log_likelihood(model.model, model.guide, images, num_particles=5000)
+
+    :raises CheckpointError: if there is no such file, it is none of these, or its weights do not fit
+        the VAE its configuration describes.
+    """
+    return read_weights(path, device).model(device)
 
 
 def save_plots(vae: VAE, test: torch.Tensor, history: list[dict], out: Path, label: str) -> None:

@@ -2,17 +2,19 @@
 Training objectives as Pyro ELBO classes.
 
 - ``"elbo"``: the variational lower bound of Kingma & Welling (2014), estimated with
-  ``num_particles`` samples, :class:`pyro.infer.Trace_ELBO`.
+  ``num_particles`` samples: :class:`VAE_ELBO`, Pyro's :class:`~pyro.infer.Trace_ELBO`
+  refusing the models it would get wrong.
 - ``"iwae"``: the importance-weighted bound of Burda et al. (2016, eq. 8),
-  ``L_k = E[log (1/k) sum_l w_l]``, which is :class:`pyro.infer.RenyiELBO` with
-  ``alpha = 0``. It is correct only when every site is in one data plate, so
-  :class:`IWAE_ELBO` checks that on every trace it draws
-  (:func:`pyro_iwae.data_plate.check_data_plate`).
+  ``L_k = sum_i log (1/k) sum_l w_il``, with per-data-point weights however the model
+  is written (:mod:`pyro_iwae.importance`): :class:`IWAE_ELBO`. On a model with one
+  un-subsampled data plate and reparameterized latents it computes what
+  ``RenyiELBO(alpha=0)`` computes, to the bit.
 - ``"iwae-stl"`` and ``"iwae-dreg"``: the same bound, with estimators of its gradient
   whose guide part does not lose its signal as ``k`` grows (:class:`IWAE_STL`,
   :class:`IWAE_DReG`).
 
-All vectorize the particles in a plate at dim -2 (the data plate is dim -1).
+All vectorize the particles in a plate left of the model's plates; ``max_plate_nesting``
+is found from one trace unless given, as in Pyro's ELBOs.
 """
 
 from __future__ import annotations
@@ -22,35 +24,121 @@ import math
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer.enum import get_importance_trace
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_iwae.data_plate import check_data_plate
-from pyro_iwae.evaluation import log_density
-
-OBJECTIVES = ("elbo", "iwae", "iwae-stl", "iwae-dreg")
+from pyro_iwae.importance import DataPlateError, ImportanceWeights, guess_max_plate_nesting, importance_weights
 
 
-class IWAE_ELBO(RenyiELBO):
+class _GuessesNestingQuietly:
     """
-    :class:`pyro.infer.RenyiELBO` with ``alpha = 0``, the IWAE bound, that refuses
-    (with :class:`~pyro_iwae.data_plate.DataPlateError`) a model or guide whose
-    sites are not all in one un-subsampled data plate, instead of returning a
-    per-batch number.
+    Pyro's ELBOs guess ``max_plate_nesting`` on their first call from a trace that draws
+    from the random number generators; this guess does not, so an objective's numbers
+    do not depend on whether it has guessed yet (a resumed run reproduces an uninterrupted one).
     """
 
-    def __init__(self, num_particles: int = 2, vectorize_particles: bool = True, max_plate_nesting: int = 1) -> None:
-        super().__init__(
-            alpha=0,
-            num_particles=num_particles,
-            vectorize_particles=vectorize_particles,
-            max_plate_nesting=max_plate_nesting,
-        )
+    def _guess_max_plate_nesting(self, model, guide, args, kwargs):
+        particle_plate = self.vectorize_particles and self.num_particles > 1
+        self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs) + particle_plate
+
+
+class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
+    """
+    :class:`pyro.infer.Trace_ELBO`, refusing (with :class:`~pyro_iwae.importance.DataPlateError`)
+    a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
+    ``-H[p(u | ...)]`` too much) or a guide variable that the model lacks.
+    """
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        check_data_plate(model_trace, guide_trace)
+        for name, site in model_trace.nodes.items():
+            if _is_latent(site) and name not in guide_trace:
+                raise DataPlateError(
+                    f"model site {name!r} is a latent that the guide does not sample (obs_mask's unobserved"
+                    " values are one): Trace_ELBO would add its log-density to the ELBO. Sample it in the"
+                    " guide, or train with make_objective('iwae', k), which leaves it out of the weight"
+                    " (k = 1 is the ELBO)."
+                )
+        for name, site in guide_trace.nodes.items():
+            if _is_latent(site) and not (name in model_trace and _is_latent(model_trace.nodes[name])):
+                raise DataPlateError(f"guide site {name!r} is not a latent of the model: sample it in the model too")
         return model_trace, guide_trace
+
+
+class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
+    """
+    The IWAE bound ``sum_i log (1/k) sum_l w_il`` (Burda et al., 2016, eq. 8), a Pyro ELBO.
+
+    The weights are per data point (:func:`~pyro_iwae.importance.importance_weights`):
+    a subsampled data plate's scale ``N / B`` multiplies the bound after the logsumexp,
+    a latent that only the model samples is left out of ``w``, and models that cannot
+    have per-data-point weights are refused with a :class:`~pyro_iwae.importance.DataPlateError`.
+
+    The gradient is the bound's: ``sum_l v_l dlog w_l`` through reparameterized samples
+    (``v_l = w_l / sum_m w_m``), plus, for proposals that cannot be reparameterized (a
+    discrete guide site, a discrete model-only latent), the score-function term
+    ``sum_l (L - L_{-l}) dlog r(z_l)`` with the leave-one-out baseline of VIMCO
+    (Mnih & Rezende, 2016, eq. 9); ``RenyiELBO(alpha=0)`` drops that term.
+    """
+
+    def __init__(
+        self, num_particles: int = 2, max_plate_nesting: float = float("inf"), vectorize_particles: bool = True
+    ) -> None:
+        if not vectorize_particles:
+            raise ValueError(f"{type(self).__name__} always vectorizes its particles")
+        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+
+    def importance_weights(self, model, guide, *args, **kwargs) -> ImportanceWeights:
+        """The ``[num_particles, batch_size]`` weights of one vectorized draw."""
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        return importance_weights(model_trace, guide_trace)
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """:returns: ``-L_k``, an estimate of the negative bound."""
+        weights = self.importance_weights(model, guide, *args, **kwargs)
+        log_mean_weight = weights.log_weights.logsumexp(0) - math.log(self.num_particles)
+        return -weights.scale * log_mean_weight.sum().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
+        weights = self.importance_weights(model, guide, *args, **kwargs)
+        log_weights = weights.log_weights
+        elbo_particles = log_weights.detach()
+        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(self.num_particles)
+        if log_weights.requires_grad:
+            # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
+            normalized_weights = (elbo_particles - log_mean_weight).exp()
+            surrogate_elbo = (normalized_weights * log_weights).sum() / self.num_particles
+            if weights.proposal_log_density is not None:
+                learning_signal = vimco_learning_signal(elbo_particles)
+                surrogate_elbo = surrogate_elbo + (learning_signal * weights.proposal_log_density).sum()
+            (-(weights.scale * surrogate_elbo)).backward()
+        return -weights.scale * log_mean_weight.sum().item()
+
+
+def vimco_learning_signal(log_weights: torch.Tensor) -> torch.Tensor:
+    """
+    ``L - L_{-l}`` for each particle ``l`` (Mnih & Rezende, 2016, eq. 9): the bound
+    ``L = log (1/k) sum_m w_m`` less the bound with ``log w_l`` replaced by the mean of
+    the other log-weights, which does not depend on ``z_l``. With one particle, ``L``.
+
+    :param log_weights: ``[k, batch_size]``.
+    :returns: ``[k, batch_size]``.
+    """
+    num_particles = log_weights.shape[0]
+    bound = log_weights.logsumexp(0) - math.log(num_particles)
+    if num_particles == 1:
+        return bound.expand_as(log_weights)
+    mean_of_others = (log_weights.sum(0) - log_weights) / (num_particles - 1)
+    replaced = log_weights.expand(num_particles, *log_weights.shape).clone()  # [l, m, batch_size]
+    replaced.diagonal(dim1=0, dim2=1).copy_(mean_of_others.T)
+    return bound - (replaced.logsumexp(1) - math.log(num_particles))
 
 
 class _PathwiseIWAE(IWAE_ELBO):
@@ -83,50 +171,56 @@ class _PathwiseIWAE(IWAE_ELBO):
 
     guide_weight_power: int
 
-    def __init__(self, num_particles: int = 2, vectorize_particles: bool = True, max_plate_nesting: int = 1) -> None:
-        if not vectorize_particles:
-            raise ValueError(f"{type(self).__name__} always vectorizes its particles")
-        super().__init__(num_particles, vectorize_particles, max_plate_nesting)
-        self.particle_dim = -(max_plate_nesting + 1)
-
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """
-        :returns: the IWAE loss ``-sum_i log (1/k) sum_l w_il``, with the gradient of
-            the estimator in ``.grad`` of every parameter.
+        :returns: the IWAE loss ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter.
         """
-        with pyro.plate("num_particles_vectorized", self.num_particles, dim=self.particle_dim):
-            guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(*args, **kwargs))
-            latents = _reparameterized_latents(guide_trace)
-            # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
-            boundary = {name: value.detach().requires_grad_() for name, value in latents.items()}
-            model_trace = prune_subsample_sites(
-                poutine.trace(poutine.condition(model, data=boundary)).get_trace(*args, **kwargs)
-            )
-            # the guide's density at z held fixed: its gradient is q's own dependence on phi
-            fixed_z = {name: value.detach() for name, value in latents.items()}
-            fixed_z_trace = prune_subsample_sites(
-                poutine.trace(poutine.condition(guide, data=fixed_z)).get_trace(*args, **kwargs)
-            )
-        data_frame = check_data_plate(model_trace, guide_trace)
+        if self.max_plate_nesting == float("inf"):
+            self._guess_max_plate_nesting(model, guide, args, kwargs)
+        # a particle plate even for one particle, left of the model's plates, so that shapes do not depend on k
+        particle_dim = -self.max_plate_nesting - (self.num_particles == 1)
 
-        log_p = log_density(model_trace, data_frame, self.num_particles)  # [k, batch_size]
-        log_q = log_density(guide_trace, data_frame, self.num_particles)
-        log_q_fixed_z = log_density(fixed_z_trace, data_frame, self.num_particles)
+        def particles(fn):
+            return pyro.plate("num_particles_vectorized", self.num_particles, dim=particle_dim)(fn)
+
+        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
+        latents = _reparameterized_latents(prune_subsample_sites(guide_trace))
+        # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
+        boundary = {name: value.detach().requires_grad_() for name, value in latents.items()}
+        model_trace = poutine.trace(poutine.replay(particles(model), trace=_with_values(guide_trace, boundary)))
+        model_trace = model_trace.get_trace(*args, **kwargs)
+        # the guide's density at z held fixed: its gradient is q's own dependence on phi
+        fixed_z = {name: value.detach() for name, value in latents.items()}
+        fixed_z_trace = poutine.trace(poutine.replay(particles(guide), trace=_with_values(guide_trace, fixed_z)))
+        fixed_z_trace = fixed_z_trace.get_trace(*args, **kwargs)
+        model_trace, guide_trace, fixed_z_trace = map(prune_subsample_sites, (model_trace, guide_trace, fixed_z_trace))
+        weights = importance_weights(model_trace, guide_trace)
+        if weights.proposal_log_density is not None:
+            raise ValueError(
+                f"{type(self).__name__} differentiates through every sample, but the model samples a latent that"
+                " the guide lacks and that cannot be reparameterized: sample it in the guide, or use the iwae"
+                " objective (make_objective('iwae', k)), whose score-function term handles it"
+            )
+        log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
+        log_q_fixed_z = importance_weights(model_trace, fixed_z_trace).guide_log_density
         log_weights = (log_p - log_q).detach()
-        weights = (log_weights - log_weights.logsumexp(0)).exp()  # v
-        guide_weights = weights**self.guide_weight_power
-        path_weights = weights ** (self.guide_weight_power - 1)  # not guide_weights / weights: a weight can be 0
+        weights_v = (log_weights - log_weights.logsumexp(0)).exp()  # v
+        guide_weights = weights_v**self.guide_weight_power
+        path_weights = weights_v ** (self.guide_weight_power - 1)  # not guide_weights / v: a weight can be 0
 
         # the model's gradient, and dlog p/dz at the boundary (times -v)
-        (-(weights * log_p).sum()).backward()
+        model_loss = -(weights.scale * (weights_v * log_p).sum())
+        if model_loss.requires_grad:
+            model_loss.backward()
         # the guide's gradient through z: v^power dlog w/dz dz/dphi
         guide_loss = (guide_weights * (log_q - log_q_fixed_z)).sum()
         for name, value in latents.items():
             if boundary[name].grad is not None:
-                scale = path_weights.reshape(weights.shape + (1,) * (value.dim() - weights.dim()))
+                scale = path_weights.reshape(path_weights.shape + (1,) * (value.dim() - path_weights.dim()))
                 guide_loss = guide_loss + (value * (scale * boundary[name].grad)).sum()
-        guide_loss.backward()
-        return -(log_weights.logsumexp(0) - math.log(self.num_particles)).sum().item()
+        if guide_loss.requires_grad:  # a guide with parameters
+            (weights.scale * guide_loss).backward()
+        return -weights.scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum().item()
 
 
 class IWAE_STL(_PathwiseIWAE):
@@ -155,11 +249,23 @@ class IWAE_DReG(_PathwiseIWAE):
     guide_weight_power = 2
 
 
+def _with_values(trace: Trace, values: dict[str, torch.Tensor]) -> Trace:
+    """A copy of ``trace`` (subsample sites included) to replay, with ``values`` at those sites."""
+    copy = trace.copy()
+    for name, value in values.items():
+        copy.nodes[name] = {**copy.nodes[name], "value": value}
+    return copy
+
+
+def _is_latent(site: dict) -> bool:
+    return site["type"] == "sample" and not site["is_observed"]
+
+
 def _reparameterized_latents(guide_trace) -> dict[str, torch.Tensor]:
     """``{name: value}`` of the guide's latent sites; refuses a site that cannot be reparameterized."""
     latents = {}
     for name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"]:
+        if _is_latent(site):
             if not site["fn"].has_rsample:
                 raise ValueError(
                     f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterized: iwae-stl and"
@@ -170,20 +276,20 @@ def _reparameterized_latents(guide_trace) -> dict[str, torch.Tensor]:
     return latents
 
 
-def make_objective(name: str, num_particles: int) -> ELBO:
+#: ``--objective`` choices
+OBJECTIVES: dict[str, type[ELBO]] = {"elbo": VAE_ELBO, "iwae": IWAE_ELBO, "iwae-stl": IWAE_STL, "iwae-dreg": IWAE_DReG}
+
+
+def make_objective(name: str, num_particles: int, max_plate_nesting: int | None = None) -> ELBO:
     """
     :param name: one of :data:`OBJECTIVES`.
-    :param num_particles: the number of samples ``k`` per data point.
+    :param num_particles: the number of samples ``k`` per data point, vectorized.
+    :param max_plate_nesting: plates nested in the model, data plate included (default:
+        found from the first trace).
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
-    options = dict(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=1)
-    if name == "elbo":
-        return Trace_ELBO(**options)
-    if name == "iwae":
-        return IWAE_ELBO(**options)
-    if name == "iwae-stl":
-        return IWAE_STL(**options)
-    if name == "iwae-dreg":
-        return IWAE_DReG(**options)
-    raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
+    return OBJECTIVES[name](num_particles=num_particles, max_plate_nesting=nesting, vectorize_particles=True)

@@ -16,7 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from pyro import poutine
 
-from pyro_iwae.evaluation import importance_traces, posterior_means
+from pyro_iwae.evaluation import posterior_means
+from pyro_iwae.importance import importance_traces
 
 SIDE = 28
 

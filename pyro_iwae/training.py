@@ -20,8 +20,7 @@ from tqdm.auto import tqdm
 
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.data import batches
-from pyro_iwae.data_plate import check_data_plate
-from pyro_iwae.evaluation import importance_traces
+from pyro_iwae.importance import check_data_plate, importance_traces
 
 SCHEDULES = ("constant", "burda")
 #: Adam settings of Burda et al. (2016), section 5.
@@ -80,6 +79,23 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
         torch.save(state, f)
 
 
+def is_snapshot_epoch(epoch: int, every: int) -> bool:
+    """
+    Epochs 0 to 9, then every 10th to 90, every 100th to 900, and so on, but at least every
+    ``every`` epochs: about 9 per decade, evenly spread on a log scale, for a training curve.
+    """
+    return epoch == 0 or epoch % min(every, 10 ** int(math.log10(epoch))) == 0
+
+
+def save_weights(path: str | os.PathLike, module: nn.Module, config: dict, epoch: int) -> None:
+    """
+    The module's state dict alone (no optimiser state: a few MB), with the ``config``
+    it was trained with and its ``epoch``, written atomically to ``path``.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, dict(config=config, epoch=epoch, module=module.state_dict()))
+
+
 def load_checkpoint(path: str | os.PathLike, config: dict, map_location: torch.device | str = "cpu") -> dict:
     """
     Load a checkpoint written by :func:`train` and check it was written with the same ``config``.
@@ -118,6 +134,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[list[dict]], None] | None = None,
+    snapshot_every: int | None = None,
 ) -> list[dict]:
     """
     Minimise ``objective`` with Adam (Burda et al.'s settings), one epoch per
@@ -131,6 +148,9 @@ def train(
     :param resume: continue from ``checkpoint_path`` with its parameters,
         optimiser state, history and random number generator states.
     :param on_epoch_end: called with the history after each epoch (and its checkpoint).
+    :param snapshot_every: also keep the weights after the epochs that :func:`is_snapshot_epoch`
+        picks and after the last, as ``weights/epoch-NNNN.pt`` beside the checkpoint (:func:`save_weights`),
+        to score the approach to the final model later.
     :returns: the history, one ``{"epoch", "lr", "loss", "seconds"}`` dict per
         epoch, ``loss`` being the objective's loss per image.
     """
@@ -143,6 +163,7 @@ def train(
         )
     device = next(module.parameters()).device
     optimizer = make_optimizer(module.parameters(), lr=learning_rates[0] if learning_rates else 0.0)
+    # refuse, before training, a model whose bound or log-likelihood cannot be formed per data point
     check_data_plate(*importance_traces(model, guide, images[:batch_size].to(device)))
     data_generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
@@ -156,6 +177,9 @@ def train(
     else:
         pyro.set_rng_seed(seed)
 
+    snapshots = None if snapshot_every is None or checkpoint_path is None else Path(checkpoint_path).parent / "weights"
+    if snapshots is not None and not history:
+        save_weights(snapshots / "epoch-0000.pt", module, config or {}, epoch=0)
     num_steps = math.ceil(images.shape[0] / batch_size)
     for epoch in tqdm(range(len(history), len(learning_rates)), desc="training", unit="epoch", disable=not progress):
         for group in optimizer.param_groups:
@@ -192,6 +216,8 @@ def train(
                 history=history,
             )
             save_checkpoint(checkpoint_path, state)
+        if snapshots is not None and (is_snapshot_epoch(epoch + 1, snapshot_every) or epoch + 1 == len(learning_rates)):
+            save_weights(snapshots / f"epoch-{epoch + 1:04d}.pt", module, config or {}, epoch=epoch + 1)
         if on_epoch_end is not None:
             on_epoch_end(history)
     return history

@@ -6,8 +6,8 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian
 
-from pyro_iwae.data_plate import DataPlateError
-from pyro_iwae.evaluation import active_units, log_importance_weights, log_likelihood
+from pyro_iwae.evaluation import active_units, log_likelihood
+from pyro_iwae.importance import DataPlateError, log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 
 
@@ -55,7 +55,7 @@ def test_converges_to_closed_form_log_likelihood():
     assert gap.abs().max() < 10 * (chi_square.max() / num_particles).sqrt()
     # the ELBO from the same samples matches its closed form log p(x) - KL(q || p(z | x))
     elbo_gap = estimate.elbo - lg.exact_elbo(x)
-    sd_log_weight = log_importance_weights(lg.model, lg.guide, x, 1000).std(0)
+    sd_log_weight = log_importance_weights(lg.model, lg.guide, x, num_particles=1000).std(0)
     assert (elbo_gap.abs() < 5 * sd_log_weight / math.sqrt(num_particles)).all()
 
 
@@ -88,7 +88,10 @@ def test_stable_for_many_particles_and_extreme_weights():
     estimate = log_likelihood(lg.model, lg.guide, x, num_particles=50000, particle_chunk_size=4096)
     pyro.set_rng_seed(5)
     log_weights = torch.cat(
-        [log_importance_weights(lg.model, lg.guide, x, min(4096, 50000 - s)) for s in range(0, 50000, 4096)]
+        [
+            log_importance_weights(lg.model, lg.guide, x, num_particles=min(4096, 50000 - s))
+            for s in range(0, 50000, 4096)
+        ]
     )
     assert log_weights.min() < -200 and log_weights.max() - log_weights.min() > 100
     expected = torch.logsumexp(log_weights, 0) - math.log(50000)

@@ -161,3 +161,17 @@ def test_cuda_without_a_gpu_is_one_line(tmp_path, data_dir):
     result = run_example("--device", "cuda", "--data-dir", data_dir, "--train-size", 100, "--out", tmp_path)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "no CUDA GPU" in result.stderr and "--device cpu" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train-size", 60001], "--train-size 60001 is more than the 60,000 train images of mnist"),
+        (["--test-size", 10001], "--test-size 10001 is more than the 10,000 test images of mnist"),
+        (["--train-size", 50, "--batch-size", 100], "--batch-size 100 is more than the 50 training images"),
+    ],
+)
+def test_sizes_beyond_the_data_are_named_not_shrunk(tmp_path, data_dir, flags, message):
+    result = run_example("--data-dir", data_dir, "--epochs", 1, "--out", tmp_path / "out", *flags)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert message in result.stderr

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.data_plate import DataPlateError
+from pyro_iwae.importance import DataPlateError
 from pyro_iwae.models import VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.training import (

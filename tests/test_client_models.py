@@ -1,0 +1,603 @@
+"""
+Models a Pyro user brings, none of them ours: the evaluator and the objectives give
+the exact number (closed form, enumeration, or a hand computation on replayed
+samples) or refuse with a message that names the site and the fix.
+
+Most tests use a guide equal to the exact posterior: then every weight
+``p(x_i, z) / q(z | x_i)`` equals ``p(x_i)``, so the estimate and the IWAE loss are
+exact for any number of particles, and any mistake in forming the weights per
+data point (a wrong sum, scale, plate or site) shows as a wrong number.
+"""
+
+import contextlib
+import math
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from pyro import poutine
+from pyro.infer import SVI
+from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
+from torch import nn
+from torch.distributions import Bernoulli, MultivariateNormal, Normal
+
+from pyro_iwae.evaluation import log_likelihood
+from pyro_iwae.importance import DataPlateError
+from pyro_iwae.objectives import make_objective
+
+F64 = torch.float64
+
+
+def near(a, b, tol=1e-9):
+    return torch.allclose(torch.as_tensor(a, dtype=F64), torch.as_tensor(b, dtype=F64), rtol=0, atol=tol)
+
+
+class Factor:
+    """p(z) = N(0, I_d), x | z = N(W z + b, sigma^2 I); posterior and marginal in closed form (any W)."""
+
+    def __init__(self, latent_dim=2, x_dim=4, sigma=0.6, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.W = torch.randn(x_dim, latent_dim, generator=generator, dtype=F64)
+        self.b = torch.randn(x_dim, generator=generator, dtype=F64)
+        self.sigma = sigma
+
+    def data(self, num_data, seed=1):
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(num_data, self.W.shape[1], generator=generator, dtype=F64)
+        noise = torch.randn(num_data, self.W.shape[0], generator=generator, dtype=F64)
+        return z @ self.W.T + self.b + self.sigma * noise
+
+    def log_marginal(self, x, observed=None):
+        """log p(x_observed) per row; ``observed`` ``[N, D]`` bool (default all)."""
+        observed = torch.ones_like(x, dtype=torch.bool) if observed is None else observed
+        out = []
+        for row, mask in zip(x, observed):
+            W, b = self.W[mask], self.b[mask]
+            covariance = W @ W.T + self.sigma**2 * torch.eye(int(mask.sum()), dtype=F64)
+            out.append(
+                MultivariateNormal(b, covariance).log_prob(row[mask]) if mask.any() else torch.tensor(0.0, dtype=F64)
+            )
+        return torch.stack(out)
+
+    def posterior(self, x, observed=None):
+        """loc ``[N, d]`` and scale_tril ``[N, d, d]`` of p(z | x_observed)."""
+        observed = torch.ones_like(x, dtype=torch.bool) if observed is None else observed
+        m = observed.to(F64)
+        precision = (
+            torch.eye(self.W.shape[1], dtype=F64) + torch.einsum("nd,di,dj->nij", m, self.W, self.W) / self.sigma**2
+        )
+        covariance = torch.linalg.inv(precision)
+        loc = torch.einsum("nij,nj->ni", covariance, ((x - self.b) * m) @ self.W / self.sigma**2)
+        return loc, torch.linalg.cholesky(covariance)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pyro's examples/vae/vae.py, model and guide as written there
+
+
+class Encoder(nn.Module):
+    def __init__(self, z_dim=3, hidden_dim=16):
+        super().__init__()
+        self.fc1, self.fc21, self.fc22 = (
+            nn.Linear(784, hidden_dim),
+            nn.Linear(hidden_dim, z_dim),
+            nn.Linear(hidden_dim, z_dim),
+        )
+        self.softplus = nn.Softplus()
+
+    def forward(self, x):
+        hidden = self.softplus(self.fc1(x.reshape(-1, 784)))
+        return self.fc21(hidden), torch.exp(self.fc22(hidden))
+
+
+class Decoder(nn.Module):
+    def __init__(self, z_dim=3, hidden_dim=16):
+        super().__init__()
+        self.fc1, self.fc21 = nn.Linear(z_dim, hidden_dim), nn.Linear(hidden_dim, 784)
+        self.softplus, self.sigmoid = nn.Softplus(), nn.Sigmoid()
+
+    def forward(self, z):
+        return self.sigmoid(self.fc21(self.softplus(self.fc1(z))))
+
+
+class PyroExampleVAE(nn.Module):
+    def __init__(self, z_dim=3):
+        super().__init__()
+        self.encoder, self.decoder, self.z_dim = Encoder(z_dim), Decoder(z_dim), z_dim
+
+    def model(self, x):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
+            z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
+            z = pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+            loc_img = self.decoder(z)
+            pyro.sample("obs", dist.Bernoulli(loc_img, validate_args=False).to_event(1), obs=x.reshape(-1, 784))
+
+    def guide(self, x):
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            z_loc, z_scale = self.encoder(x)
+            pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
+
+    def hand_log_weights(self, x, z):
+        loc, scale = self.encoder(x)
+        log_p = Normal(0.0, 1.0).log_prob(z).sum(-1) + Bernoulli(probs=self.decoder(z)).log_prob(x).sum(-1)
+        return log_p - Normal(loc, scale).log_prob(z).sum(-1)
+
+
+def test_pyros_vae_example_is_scored_per_image_as_by_hand():
+    torch.manual_seed(0)
+    vae = PyroExampleVAE()
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    guide = poutine.trace(vae.guide)
+    estimate = log_likelihood(vae.model, guide, x, num_particles=40, particle_chunk_size=40)
+    z = guide.msngr.trace.nodes["latent"]["value"]  # [40, 6, 3]: the evaluator's one pass
+    with torch.no_grad():
+        expected = vae.hand_log_weights(x, z).logsumexp(0) - math.log(40)
+    assert torch.allclose(estimate.log_likelihood, expected, atol=1e-4)
+
+    loss = make_objective("iwae", 5).loss(vae.model, guide, x)
+    z = guide.msngr.trace.nodes["latent"]["value"]
+    with torch.no_grad():
+        expected = -(vae.hand_log_weights(x, z).logsumexp(0) - math.log(5)).sum()
+    assert loss == pytest.approx(expected.item(), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# any plate name; deterministic sites; conditional models with several arguments
+
+
+def factor_model(fa, plate_name="data"):
+    def model(x):
+        with pyro.plate(plate_name, x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(fa.W.shape[1]), 1.0).to_event(1))
+            loc = pyro.deterministic("loc", z @ fa.W.T + fa.b, event_dim=1)
+            pyro.sample("x", dist.Normal(loc, fa.sigma).to_event(1), obs=x)
+        pyro.deterministic("summary", z.sum())  # outside every plate: no density, no reason to refuse
+
+    return model
+
+
+def factor_guide(fa, plate_name="data"):
+    def guide(x):
+        loc, scale_tril = fa.posterior(x)
+        with pyro.plate(plate_name, x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    return guide
+
+
+@pytest.mark.parametrize("plate_name", ["data", "batch", "mnist"])
+def test_the_data_plate_is_found_by_structure_not_by_name(plate_name):
+    fa = Factor()
+    x = fa.data(7)
+    model, guide = factor_model(fa, plate_name), factor_guide(fa, plate_name)
+    estimate = log_likelihood(model, guide, x, num_particles=3)
+    assert near(estimate.log_likelihood, fa.log_marginal(x))
+    for name in ("iwae", "iwae-stl", "iwae-dreg"):
+        assert make_objective(name, 4).loss(model, guide, x) == pytest.approx(-fa.log_marginal(x).sum().item())
+
+
+def test_a_conditional_model_takes_labels_split_with_the_images():
+    # x | z, y = N(W z + U y + b, sigma^2): p(x | y) = N(U y + b, W W^T + sigma^2 I)
+    fa = Factor()
+    U = torch.randn(3, 4, dtype=F64, generator=torch.Generator().manual_seed(5))
+    x, y = fa.data(11), nn.functional.one_hot(torch.arange(11) % 3).to(F64)
+
+    def model(x, y, temperature=1.0):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), temperature).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + y @ U + fa.b, fa.sigma).to_event(1), obs=x)
+
+    def guide(x, y, temperature=1.0):
+        loc, scale_tril = fa.posterior(x - y @ U)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    estimate = log_likelihood(model, guide, x, y, num_particles=5, batch_size=4, temperature=1.0)
+    assert estimate.log_likelihood.shape == (11,)
+    assert near(estimate.log_likelihood, fa.log_marginal(x - y @ U))
+    with pytest.raises(TypeError, match="by keyword"):
+        log_likelihood(model, guide, x, 5000)
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        log_likelihood(model, guide, x, y[:5], num_particles=5)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# plates nested in the data plate, with Pyro's automatic dims and with hand-set ones
+
+
+def test_a_plate_nested_inside_the_data_plate_needs_no_hand_set_dims():
+    # automatic dims: "data" is dim -1, "features" dim -2, so x enters transposed ([features, data])
+    fa = Factor(latent_dim=1)
+    x = fa.data(9)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            with pyro.plate("features", x.shape[1]):
+                pyro.sample("x", dist.Normal(fa.W[:, :1] * z + fa.b[:, None], fa.sigma), obs=x.T)
+
+    def guide(x):
+        loc, scale_tril = fa.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc[:, 0], scale_tril[:, 0, 0]))
+
+    estimate = log_likelihood(model, guide, x, num_particles=6, batch_size=4)
+    assert near(estimate.log_likelihood, fa.log_marginal(x))
+    for name in ("iwae", "iwae-stl", "iwae-dreg"):
+        assert make_objective(name, 3).loss(model, guide, x) == pytest.approx(-fa.log_marginal(x).sum().item())
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# latents that the model samples and the guide lacks; obs_mask
+
+
+def test_a_model_only_latent_cancels_from_the_weight():
+    fa = Factor()
+    x = fa.data(6)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("u", dist.Normal(x.new_zeros(3), 2.0).to_event(1))  # the guide has no "u"
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
+    guide = factor_guide(fa)
+    estimate = log_likelihood(model, guide, x, num_particles=20)
+    assert near(estimate.log_likelihood, fa.log_marginal(x))  # not log p(x) + log p(u)
+    assert make_objective("iwae", 4).loss(model, guide, x) == pytest.approx(-fa.log_marginal(x).sum().item())
+    with pytest.raises(DataPlateError, match="'u' is a latent that the guide does not sample"):
+        make_objective("elbo", 1).loss(model, guide, x)
+
+
+def test_a_model_only_latent_that_the_likelihood_uses_converges_to_the_marginal():
+    # x = W z + c u + noise with u ~ N(0, 1) proposed by the model: p(x) = N(b, W W^T + c c^T + sigma^2 I)
+    fa = Factor()
+    c = torch.tensor([0.5, -0.3, 0.2, 0.4], dtype=F64)
+    x = fa.data(4)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            u = pyro.sample("u", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + u[..., None] * c + fa.b, fa.sigma).to_event(1), obs=x)
+
+    pyro.set_rng_seed(0)
+    estimate = log_likelihood(model, factor_guide(fa), x, num_particles=20000)
+    covariance = fa.W @ fa.W.T + torch.outer(c, c) + fa.sigma**2 * torch.eye(4, dtype=F64)
+    exact = MultivariateNormal(fa.b, covariance).log_prob(x)
+    assert near(estimate.log_likelihood, exact, tol=0.06)
+    wrong = exact + Normal(0.0, 1.0).entropy().neg()  # what counting log p(u) would converge to
+    assert not near(estimate.log_likelihood, wrong, tol=0.5)
+
+
+def masked_factor(fa, observed):
+    """x with obs_mask, in a features plate so that a row can be partly observed."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 1, 2), 1.0).to_event(1))
+            with pyro.plate("features", x.shape[1], dim=-1):
+                loc = (z @ fa.W.T).squeeze(-2) + fa.b
+                pyro.sample("x", dist.Normal(loc, fa.sigma), obs=x, obs_mask=observed)
+
+    def guide(x):
+        loc, scale_tril = fa.posterior(x, observed)
+        with pyro.plate("data", x.shape[0], dim=-2):
+            pyro.sample("z", dist.MultivariateNormal(loc[:, None], scale_tril=scale_tril[:, None]))
+
+    return model, guide
+
+
+def test_obs_mask_scores_the_observed_part_of_each_row():
+    fa = Factor()
+    x = fa.data(4)
+    observed = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    model, guide = masked_factor(fa, observed)
+    estimate = log_likelihood(model, guide, x, num_particles=7)
+    expected = fa.log_marginal(x, observed)
+    assert near(estimate.log_likelihood, expected)
+    assert estimate.log_likelihood[3] == 0  # a fully masked row
+    # training: the unobserved values are proposed by the model, reparameterized, so iwae takes them
+    assert make_objective("iwae", 3).loss(model, guide, x) == pytest.approx(-expected.sum().item())
+    with pytest.raises(DataPlateError, match="'x_unobserved'"):
+        make_objective("elbo", 1).loss(model, guide, x)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# subsampled data plates: the scale multiplies the bound after the logsumexp
+
+
+def subsampled_model(fa, num_data, create_plate):
+    def model(x, index):
+        with create_plate(x, index):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
+    return model
+
+
+@pytest.mark.parametrize("how", ["subsample", "poutine.scale"])
+def test_a_subsampled_plate_scales_the_bound_after_the_logsumexp(how):
+    fa = Factor()
+    data = fa.data(30)
+    index = torch.tensor([3, 17, 4, 29, 0])
+    num_data = 30
+
+    @contextlib.contextmanager
+    def create_plate(x, index):
+        if how == "subsample":
+            with pyro.plate("data", num_data, subsample=index):
+                yield
+        else:
+            with poutine.scale(scale=num_data / x.shape[0]), pyro.plate("data", x.shape[0]):
+                yield
+
+    def guide(x, index):
+        loc, scale_tril = fa.posterior(x)
+        with create_plate(x, index):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    model = subsampled_model(fa, num_data, create_plate)
+    x = data[index]
+    exact = fa.log_marginal(x)
+    for name in ("iwae", "iwae-stl", "iwae-dreg"):
+        assert make_objective(name, 4).loss(model, guide, x, index) == pytest.approx(-6 * exact.sum().item())
+    # the evaluator's estimates are per data point: the scale never enters
+    assert near(log_likelihood(model, guide, x, index, num_particles=3).log_likelihood, exact)
+
+
+def test_the_subsampled_loss_and_gradient_match_a_hand_computation_on_replayed_samples():
+    # AutoNormal over the local latents of a subsample_size plate; pyro's RenyiELBO would scale before the logsumexp
+    fa = Factor()
+    data = fa.data(40)
+
+    def model(data):
+        with pyro.plate("data", data.shape[0], subsample_size=8) as index:
+            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    guide = AutoNormal(model, init_scale=0.5)
+    guide(data)  # create the parameters
+    traced = poutine.trace(guide)
+    loss = make_objective("iwae", 5).loss_and_grads(model, traced, data)
+    trace = traced.msngr.trace
+    index, z = trace.nodes["data"]["value"], trace.nodes["z"]["value"].detach()  # [8], [5, 8, 2]
+    parameters = dict(guide.named_parameters())  # the locs and the unconstrained scales
+    grads = {name: p.grad.clone() for name, p in parameters.items()}
+    guide.zero_grad()
+    loc, scale = guide.locs.z, guide.scales.z
+
+    eps = (z - loc[index].detach()) / scale[index].detach()
+    z = loc[index] + scale[index] * eps
+    x = data[index]
+    log_weights = (
+        Normal(0.0, 1.0).log_prob(z).sum(-1)
+        + Normal(z @ fa.W.T + fa.b, fa.sigma).log_prob(x).sum(-1)
+        - Normal(loc[index], scale[index]).log_prob(z).sum(-1)
+    )
+    expected = -(40 / 8) * (log_weights.logsumexp(0) - math.log(5)).sum()
+    expected.backward()
+    assert loss == pytest.approx(expected.item(), rel=1e-9)
+    assert all(torch.allclose(grads[name], p.grad, atol=1e-9) for name, p in parameters.items())
+    renyi = -(40 / 8 * log_weights.detach()).logsumexp(0).sub(math.log(5)).sum()
+    assert abs(renyi.item() - expected.item()) > 1.0  # the test tells the two apart
+
+
+def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior():
+    fa = Factor()
+    data = fa.data(40)
+
+    def model(data, subsample_size=None):
+        with pyro.plate("data", data.shape[0], subsample_size=subsample_size) as index:
+            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    # the guide's plate follows the model's subsample_size (Pyro's idiom for subsampled autoguides)
+    guide = AutoNormal(
+        model,
+        init_scale=0.1,
+        create_plates=lambda data, subsample_size=None: pyro.plate(
+            "data", data.shape[0], subsample_size=subsample_size
+        ),
+    )
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.05}), make_objective("iwae", 4))
+    for _ in range(1500):
+        svi.step(data, subsample_size=8)
+    loc, _ = fa.posterior(data)
+    assert (guide.locs.z - loc).abs().mean() < 0.2 < 0.5 < loc.abs().mean()  # from 0, most of the way
+    # scored on every data point at once (no subsampling): within Monte-Carlo error of log p(x)
+    estimate = log_likelihood(model, guide, data, num_particles=2000, batch_size=40).log_likelihood
+    assert abs(estimate.mean() - fa.log_marginal(data).mean()) < 0.03
+
+
+def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
+    fa = Factor()
+    data = fa.data(40)
+
+    def model(data):
+        with pyro.plate("data", data.shape[0], subsample_size=8) as index:
+            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
+
+    pyro.clear_param_store()
+    with pytest.raises(DataPlateError, match="8 data points in a batch of 40"):
+        log_likelihood(model, AutoNormal(model), data, num_particles=4, batch_size=40)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# discrete latents: exact by enumeration, and an unbiased gradient
+
+
+MIXTURE_LOCS = torch.tensor([-2.0, 0.5, 3.0], dtype=F64)
+MIXTURE_LOG_WEIGHTS = torch.tensor([0.2, 0.5, 0.3], dtype=F64).log()
+
+
+def mixture_model(x):
+    with pyro.plate("data", x.shape[0]):
+        c = pyro.sample("c", dist.Categorical(logits=MIXTURE_LOG_WEIGHTS))
+        pyro.sample("x", dist.Normal(MIXTURE_LOCS[c], 1.0), obs=x)
+
+
+def mixture_joint(x):
+    """``[N, 3]`` log p(x, c) for every c."""
+    return MIXTURE_LOG_WEIGHTS + Normal(MIXTURE_LOCS, 1.0).log_prob(x[:, None])
+
+
+def test_a_discrete_mixture_is_exact_by_enumeration():
+    x = torch.tensor([-2.5, 0.0, 1.7, 4.0], dtype=F64)
+
+    def posterior_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=mixture_joint(x)))
+
+    def uniform_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=torch.zeros(x.shape[0], 3, dtype=F64)))
+
+    exact = mixture_joint(x).logsumexp(-1)
+    assert near(log_likelihood(mixture_model, posterior_guide, x, num_particles=5).log_likelihood, exact)
+    pyro.set_rng_seed(0)
+    estimate = log_likelihood(mixture_model, uniform_guide, x, num_particles=20000)
+    assert near(estimate.log_likelihood, exact, tol=0.03)
+
+
+def test_the_iwae_gradient_with_a_discrete_guide_is_unbiased():
+    # E[grad] of L_2 over the guide's logits, by enumerating all 3 x 3 pairs of particles
+    x = torch.tensor([-1.0, 2.0], dtype=F64)
+    k = 2
+    logits = torch.tensor([[0.3, -0.2, 0.1], [-0.5, 0.4, 0.0]], dtype=F64, requires_grad=True)
+    log_q = logits.log_softmax(-1)
+    log_w = mixture_joint(x) - log_q  # [N, 3]
+    pairs = torch.cartesian_prod(torch.arange(3), torch.arange(3))  # [9, 2]
+    bound = 0.0
+    for i in range(2):
+        log_mean = log_w[i, pairs].logsumexp(-1) - math.log(k)
+        bound = bound + (log_q[i, pairs].sum(-1).exp() * log_mean).sum()
+    (exact,) = torch.autograd.grad(-bound, logits)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("c", dist.Categorical(logits=pyro.param("logits", logits.detach().clone())))
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    objective = make_objective("iwae", k)
+    estimates = []
+    for _ in range(3000):
+        objective.loss_and_grads(mixture_model, guide, x)
+        estimates.append(pyro.param("logits").grad.clone())
+        pyro.param("logits").grad = None
+    estimates = torch.stack(estimates)
+    mean, stderr = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
+    assert ((mean - exact).abs() < 4.5 * stderr + 1e-12).all()
+    assert (exact.abs() > 10 * stderr).any()  # a zero gradient (RenyiELBO's at alpha = 0) would fail
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# integer data, guides without parameters, evaluate then train, guides that couple data points
+
+
+def test_integer_counts_under_a_poisson_likelihood():
+    # lambda ~ Gamma(a, b), x ~ Poisson(lambda): p(x) is negative binomial, the posterior Gamma(a + x, b + 1)
+    a, b = 2.0, 0.5
+    x = torch.tensor([0, 3, 7, 1, 12])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(torch.tensor(a, dtype=F64), b))
+            pyro.sample("x", dist.Poisson(rate), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("rate", dist.Gamma(a + x.to(F64), b + 1.0))
+
+    estimate = log_likelihood(model, guide, x, num_particles=9, batch_size=2)
+    xf = x.to(F64)
+    exact = (
+        torch.lgamma(a + xf) - math.lgamma(a) - torch.lgamma(xf + 1) + a * math.log(b / (b + 1)) - xf * math.log(b + 1)
+    )
+    assert estimate.log_likelihood.dtype == F64
+    assert near(estimate.log_likelihood, exact, tol=1e-5)  # torch's Poisson takes lgamma of the counts in float32
+
+
+def test_stl_and_dreg_train_the_model_under_a_fixed_proposal():
+    torch.manual_seed(0)
+    decoder = nn.Linear(2, 5)
+    x = torch.randn(6, 5)
+
+    def model(x):
+        pyro.module("decoder", decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(decoder(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):  # the prior as a fixed proposal: nothing to train
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+
+    gradients = {}
+    for name in ("iwae", "iwae-stl", "iwae-dreg"):
+        decoder.zero_grad()
+        pyro.set_rng_seed(1)
+        gradients[name] = make_objective(name, 8).loss_and_grads(model, guide, x), decoder.weight.grad.clone()
+    for name in ("iwae-stl", "iwae-dreg"):
+        assert gradients[name][0] == pytest.approx(gradients["iwae"][0], rel=1e-6)
+        assert torch.allclose(gradients[name][1], gradients["iwae"][1], atol=1e-5)
+    assert gradients["iwae"][1].abs().max() > 1e-3
+
+
+def test_evaluate_an_untrained_model_then_train_it():
+    fa = Factor()
+    data = fa.data(10).float()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T.float() + fa.b.float(), fa.sigma).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    guide = AutoNormal(model)
+    log_likelihood(model, guide, data, num_particles=10)  # creates the guide's parameters
+    before = pyro.param("AutoNormal.locs.z").detach().clone()
+    svi = SVI(model, guide, pyro.optim.Adam({"lr": 0.1}), make_objective("iwae", 3))
+    svi.step(data)
+    assert not torch.equal(pyro.param("AutoNormal.locs.z").detach(), before)
+
+
+@pytest.mark.parametrize("autoguide", [AutoMultivariateNormal, AutoDiagonalNormal])
+def test_a_guide_that_couples_data_points_is_refused_by_name(autoguide):
+    fa = Factor()
+    data = fa.data(10).float()
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T.float(), 1.0).to_event(1), obs=x)
+
+    pyro.clear_param_store()
+    guide = autoguide(model)
+    message = f"guide site '_{autoguide.__name__}_latent'.*AutoNormal"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, data, num_particles=4)
+    with pytest.raises(DataPlateError, match=message):
+        make_objective("iwae", 4).loss(model, guide, data)
+
+
+def test_particle_chunks_are_sized_from_the_rows_in_a_pass():
+    fa = Factor()
+    calls = []
+
+    def model(x):
+        calls.append(1)
+        factor_model(fa)(x)
+
+    log_likelihood(model, factor_guide(fa), fa.data(2), num_particles=10000, batch_size=100)
+    assert len(calls) == 1 + 2  # one structural trace, then 10,000 particles x 2 rows in passes of 10,000 rows

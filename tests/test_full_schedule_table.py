@@ -1,0 +1,224 @@
+"""
+``pyro_iwae.load_model`` on run directories, checkpoints and weights files, and
+``benchmarks/full_schedule_table.py`` end to end on a tiny run of real MNIST.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyro
+import pyro.util
+import pytest
+import torch
+from conftest import ROOT
+
+import pyro_iwae
+from pyro_iwae.data import binarize, load_dataset
+from pyro_iwae.evaluation import active_units
+from pyro_iwae.experiment import ExperimentConfig, read_history, read_weights, run
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+from pyro_iwae.priors import MixtureOfGaussiansPrior
+from pyro_iwae.training import CheckpointError, save_weights, train
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def images(num=40):
+    """Two random binary prototypes, each pixel flipped with probability 0.05 (binary already)."""
+    generator = torch.Generator().manual_seed(0)
+    prototypes = torch.rand(2, 784, generator=generator).round()
+    return torch.bernoulli((0.05 + 0.9 * prototypes).repeat(num // 2, 1), generator=generator)
+
+
+def test_load_model_reads_a_run_directory_its_checkpoint_and_its_snapshots(tmp_path):
+    config = ExperimentConfig(particles=2, layers=2, prior="mog").training_config()
+    torch.manual_seed(0)
+    untrained = VAE(*ARCHITECTURES[2], prior="mog").state_dict()
+    torch.manual_seed(0)
+    vae = VAE(*ARCHITECTURES[2], prior="mog")
+    train(
+        vae, vae.model, vae.guide, make_objective("iwae", 2), images(), [1e-2, 1e-2], dynamic_binarization=False,
+        checkpoint_path=tmp_path / "checkpoint.pt", config=config, progress=False, snapshot_every=1,
+    )  # fmt: skip
+    for path in (tmp_path, tmp_path / "checkpoint.pt", tmp_path / "weights" / "epoch-0002.pt"):
+        model = pyro_iwae.load_model(path)
+        # built from the stored config: two stochastic layers and a mixture prior, not the default VAE
+        assert isinstance(model.prior, MixtureOfGaussiansPrior) and len(model.encoder) == 2
+        assert_same_weights(model.state_dict(), vae.state_dict())
+    assert_same_weights(pyro_iwae.load_model(tmp_path / "weights" / "epoch-0000.pt").state_dict(), untrained)
+    after_one = pyro_iwae.load_model(tmp_path / "weights" / "epoch-0001.pt").state_dict()
+    assert not torch.equal(after_one["decoder_pixels.logits.weight"], vae.state_dict()["decoder_pixels.logits.weight"])
+    assert [read_weights(tmp_path / "weights" / f"epoch-000{i}.pt").epoch for i in range(3)] == [0, 1, 2]
+    assert read_weights(tmp_path).epoch == 2 and read_weights(tmp_path).config == config
+
+
+def test_load_model_names_the_file_and_what_is_wrong(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    save_weights(tmp_path / "no-config.pt", VAE(), {}, epoch=3)
+    save_weights(tmp_path / "two-layers.pt", VAE(), {"layers": 2}, epoch=3)
+    cases = {
+        "nowhere.pt": "no such run directory, checkpoint or weights file: .*nowhere.pt",
+        "empty": "empty is a directory without a checkpoint.pt: not a run directory",
+        "notes.txt": "notes.txt is not a checkpoint or weights file written by pyro_iwae",
+        "other.pt": r"other.pt is neither a checkpoint .* nor a weights file .*: it holds \['weights'\]",
+        "tensor.pt": "tensor.pt is neither a checkpoint .* it holds Tensor",
+        "no-config.pt": "no-config.pt records no usable number of layers in its config",
+        "two-layers.pt": r"the weights in .*two-layers.pt do not fit the VAE its config describes \(layers 2",
+    }
+    for name, message in cases.items():
+        with pytest.raises(CheckpointError, match=message):
+            pyro_iwae.load_model(tmp_path / name)
+
+
+def test_binarize_is_fixed_by_its_seed():
+    intensities = torch.full((200, 784), 0.3)
+    first, second = binarize(intensities), binarize(intensities)
+    assert torch.equal(first, second) and set(first.unique().tolist()) == {0.0, 1.0}
+    assert first.mean().item() == pytest.approx(0.3, abs=0.01)
+    assert not torch.equal(first, binarize(intensities, seed=1))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """Two epochs of the burda schedule on 300 images, a snapshot after each, scored with K = 20 on 100 images."""
+    out = tmp_path_factory.mktemp("runs") / "mnist-iwae-k5-1layer"
+    config = ExperimentConfig(
+        objective="iwae", particles=5, schedule="burda", epochs=2, train_size=300, test_size=100,
+        eval_particles=20, data_dir=str(data_dir), out=str(out), plots=False, progress=False, snapshot_every=1,
+    )  # fmt: skip
+    metrics = run(config)
+    return out, metrics
+
+
+def test_the_loaded_model_reproduces_the_metrics_of_its_run(tiny_run, data_dir):
+    out, metrics = tiny_run
+    test = load_dataset("mnist", data_dir, test_size=100).test
+    # run() scores the model right after training, from the random state the checkpoint saved then
+    rng = torch.load(out / "checkpoint.pt", weights_only=False)["rng"]
+    for path in (out, out / "weights" / "epoch-0002.pt"):
+        model = pyro_iwae.load_model(path)
+        pyro.util.set_rng_state(rng)
+        estimate = pyro_iwae.log_likelihood(model.model, model.guide, test, num_particles=20, batch_size=100)
+        assert estimate.log_likelihood.mean().item() == metrics["test_log_likelihood"]
+
+
+def table_script(*flags):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, str(ROOT / "benchmarks" / "full_schedule_table.py"), "--no-progress", *map(str, flags)]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+
+
+def nll(path, images, particles):
+    """What the script should find: -log p(x) with ``particles`` samples, averaged over ``images``, from seed 0."""
+    model = pyro_iwae.load_model(path)
+    pyro.set_rng_seed(0)
+    estimate = pyro_iwae.log_likelihood(model.model, model.guide, images, num_particles=particles, batch_size=100)
+    return -estimate.log_likelihood.mean().item()
+
+
+def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
+    finished, metrics = tiny_run
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(finished, unfinished)
+    (unfinished / "metrics.json").unlink()
+    out = tmp_path / "table"
+    flags = [finished, unfinished, "--data-dir", data_dir, "--out", out, "--curve-particles", 10]
+    flags += ["--curve-images", 50, "--eval-particles", 20, "--test-images", 100, "--train-images", 100]
+    result = table_script(*flags)
+    assert result.returncode == 0, result.stderr
+
+    dataset = load_dataset("mnist", data_dir)
+    test, train = dataset.test, binarize(dataset.train)[:100]
+    curves = json.loads((out / "curve.json").read_text())["runs"]
+    points = curves["mnist-iwae-k5-1layer"]["points"]
+    assert [p["epoch"] for p in points] == [0, 1, 2]
+    for p in points:
+        assert p["test_nll"] == pytest.approx(nll(finished / "weights" / p["file"], test[:50], 10), rel=1e-5)
+    assert points[0]["test_nll"] > points[2]["test_nll"]  # training helps
+    history = read_history(finished / "history.csv")
+    assert curves["mnist-iwae-k5-1layer"]["loss"] == {
+        "epoch": [1, 2],
+        "loss": [row["loss"] for row in history],
+    }
+
+    done, running = json.loads((out / "results.json").read_text())["runs"]
+    # the finished run: its test NLL from metrics.json, its train NLL scored on fixed-binarized training images
+    assert (done["status"], done["epochs"], done["planned_epochs"]) == ("finished", 2, 2)
+    assert done["test_nll"] == -metrics["test_log_likelihood"] and done["active_units"] == metrics["active_units"]
+    assert done["train_nll"] == pytest.approx(nll(finished, train, 20), rel=1e-5)
+    assert done["gap"] == pytest.approx(done["test_nll"] - done["train_nll"])
+    assert done["train_seconds"] == pytest.approx(sum(row["seconds"] for row in history))
+    assert (done["paper_nll"], done["reproduction_nll"]) == (85.54, 85.18)
+    assert (running["status"], running["epochs"], running["planned_epochs"]) == ("in progress", 2, 3280)
+    assert running["latest_curve_point"] == {"epoch": 2, "test_nll": points[2]["test_nll"]}
+    assert "test_nll" not in running
+
+    table = (out / "table.md").read_text()
+    row = (
+        f"| IWAE, k = 5 (mnist-iwae-k5-1layer) | 2 | {done['test_nll']:.2f} ± {done['test_nll_stderr']:.2f} | 85.54"
+        f" | 85.18 | {done['train_nll']:.2f} ± {done['train_nll_stderr']:.2f} |"
+        f" {done['gap']:.2f} ± {done['gap_stderr']:.2f} | {metrics['active_units']} |"
+    )
+    assert row in table
+    assert (
+        f"| IWAE, k = 5 (unfinished) | in progress, epoch 2 of 3280 | {points[2]['test_nll']:.2f} at epoch 2"
+        " (K = 10, 50 images) | 85.54 | 85.18 | – | – | – |"
+    ) in table
+    assert "python benchmarks/full_schedule_table.py" in table and "pyro_iwae.load_model(" in table
+    assert (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+    assert_same_weights(
+        pyro_iwae.load_model(out / "weights" / "mnist-iwae-k5-1layer.pt").state_dict(),
+        pyro_iwae.load_model(finished).state_dict(),
+    )
+    assert not (out / "weights" / "unfinished.pt").exists()
+
+    # a rerun takes what it scored before from evaluations.json, scores only new weights, and --final
+    # scores the unfinished run from its latest weights
+    cache_path = out / "evaluations.json"
+    cache = json.loads(cache_path.read_text())
+    epoch_one = next(e for e in cache["evaluations"] if e["file"].endswith("epoch-0001.pt"))
+    epoch_one["nll"] = 123.456
+    cache_path.write_text(json.dumps(cache))
+    torch.manual_seed(1)
+    save_weights(unfinished / "weights" / "epoch-0003.pt", VAE(), read_weights(unfinished).config, epoch=3)
+    result = table_script(*flags, "--final")
+    assert result.returncode == 0, result.stderr
+    curves = json.loads((out / "curve.json").read_text())["runs"]
+    assert curves["mnist-iwae-k5-1layer"]["points"][1]["test_nll"] == 123.456
+    new_point = curves["unfinished"]["points"][3]
+    assert new_point["epoch"] == 3
+    expected = nll(unfinished / "weights" / "epoch-0003.pt", test[:50], 10)
+    assert new_point["test_nll"] == pytest.approx(expected, rel=1e-5)
+    forced = json.loads((out / "results.json").read_text())["runs"][1]
+    assert forced["status"] == "unfinished, scored (--final)" and forced["epochs"] == 2
+    assert forced["test_nll"] == pytest.approx(nll(unfinished, test[:100], 20), rel=1e-5)
+    pyro.set_rng_seed(0)
+    units = active_units(pyro_iwae.load_model(unfinished).guide, test[:100])
+    assert forced["active_units"] == sum(int(u.sum()) for u in units.values())
+    assert (out / "weights" / "unfinished.pt").exists()
+    assert f"| 2 of 3280, unfinished, scored (--final) | {forced['test_nll']:.2f} ±" in (out / "table.md").read_text()
+
+    # --rescore scores everything again
+    result = table_script(*flags, "--rescore")
+    assert result.returncode == 0, result.stderr
+    curves = json.loads((out / "curve.json").read_text())["runs"]
+    assert curves["mnist-iwae-k5-1layer"]["points"][1]["test_nll"] == pytest.approx(points[1]["test_nll"], abs=1e-9)
+
+
+def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
+    result = table_script(tmp_path / "nowhere", "--out", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: no such run directory, checkpoint or weights file:")
