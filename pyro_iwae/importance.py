@@ -149,12 +149,12 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
         return _sum_within_data_points(name, log_prob, data_plate.dim, particle_dim).expand(shape)
 
+    model_only = model_only_latents(model_trace, guide_trace)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     log_p, log_q, proposal = 0.0, 0.0, 0.0
     for name, site in _sample_sites(model_trace):
-        if not site["is_observed"] and name not in guide_trace:
-            # a model-only latent: the model proposes it, so p(u | ...) cancels from w
+        if name in model_only:  # the model proposes it, so p(u | ...) cancels from w
             if not site["fn"].has_rsample:
                 proposal = proposal + per_data_point(name, site)
             continue
@@ -163,14 +163,6 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         log_p = torch.zeros(shape)
     log_weights = log_p
     for name, site in _sample_sites(guide_trace):
-        in_model = name in model_trace and not model_trace.nodes[name]["is_observed"]
-        if not in_model and not site["infer"].get("is_auxiliary"):
-            raise DataPlateError(
-                f"guide site {name!r} is not a latent of the model: an importance weight needs the model's"
-                " density at every variable the guide proposes. Sample it in the model too, or drop it from the"
-                " guide, or mark it infer={'is_auxiliary': True} if, as in Pyro's autoguides, the guide's"
-                " density over it and the latents is q(latents)."
-            )
         log_q_site = per_data_point(name, site)
         log_q = log_q + log_q_site
         log_weights = log_weights - log_q_site
@@ -192,6 +184,26 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         scales[0][1] if scales else 1.0,
         data_plate,
     )
+
+
+def model_only_latents(model_trace: Trace, guide_trace: Trace) -> set[str]:
+    """
+    The model's latent sites that the guide does not sample: the model proposes them itself.
+
+    :raises DataPlateError: for a guide site that is not a latent of the model and not
+        auxiliary (``infer={"is_auxiliary": True}``, as in Pyro's autoguides, whose density over
+        their auxiliary and latent sites is q of the latents).
+    """
+    for name, site in _sample_sites(guide_trace):
+        in_model = name in model_trace and not model_trace.nodes[name]["is_observed"]
+        if not in_model and not site["infer"].get("is_auxiliary"):
+            raise DataPlateError(
+                f"guide site {name!r} is not a latent of the model: a weight or an ELBO needs the model's"
+                " density at every variable the guide proposes. Sample it in the model too, or drop it from the"
+                " guide, or mark it infer={'is_auxiliary': True} if, as in Pyro's autoguides, the guide's"
+                " density over it and the latents is q(latents)."
+            )
+    return {name for name, site in _sample_sites(model_trace) if not site["is_observed"] and name not in guide_trace}
 
 
 def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFrame:

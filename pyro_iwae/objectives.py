@@ -29,7 +29,13 @@ from pyro.infer.enum import get_importance_trace
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_iwae.importance import DataPlateError, ImportanceWeights, guess_max_plate_nesting, importance_weights
+from pyro_iwae.importance import (
+    DataPlateError,
+    ImportanceWeights,
+    guess_max_plate_nesting,
+    importance_weights,
+    model_only_latents,
+)
 
 
 class _GuessesNestingQuietly:
@@ -53,17 +59,14 @@ class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
 
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        for name, site in model_trace.nodes.items():
-            if _is_latent(site) and name not in guide_trace:
-                raise DataPlateError(
-                    f"model site {name!r} is a latent that the guide does not sample (obs_mask's unobserved"
-                    " values are one): Trace_ELBO would add its log-density to the ELBO. Sample it in the"
-                    " guide, or train with make_objective('iwae', k), which leaves it out of the weight"
-                    " (k = 1 is the ELBO)."
-                )
-        for name, site in guide_trace.nodes.items():
-            if _is_latent(site) and not (name in model_trace and _is_latent(model_trace.nodes[name])):
-                raise DataPlateError(f"guide site {name!r} is not a latent of the model: sample it in the model too")
+        model_only = sorted(model_only_latents(model_trace, guide_trace))
+        if model_only:
+            raise DataPlateError(
+                f"model site {model_only[0]!r} is a latent that the guide does not sample (obs_mask's unobserved"
+                " values are one): Trace_ELBO would add its log-density to the ELBO. Sample it in the"
+                " guide, or train with make_objective('iwae', k), which leaves it out of the weight"
+                " (k = 1 is the ELBO)."
+            )
         return model_trace, guide_trace
 
 
@@ -257,15 +260,11 @@ def _with_values(trace: Trace, values: dict[str, torch.Tensor]) -> Trace:
     return copy
 
 
-def _is_latent(site: dict) -> bool:
-    return site["type"] == "sample" and not site["is_observed"]
-
-
 def _reparameterized_latents(guide_trace) -> dict[str, torch.Tensor]:
     """``{name: value}`` of the guide's latent sites; refuses a site that cannot be reparameterized."""
     latents = {}
     for name, site in guide_trace.nodes.items():
-        if _is_latent(site):
+        if site["type"] == "sample" and not site["is_observed"]:
             if not site["fn"].has_rsample:
                 raise ValueError(
                     f"guide site {name!r} ({type(site['fn']).__name__}) is not reparameterized: iwae-stl and"

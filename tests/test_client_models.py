@@ -572,6 +572,22 @@ def test_evaluate_an_untrained_model_then_train_it():
     assert not torch.equal(pyro.param("AutoNormal.locs.z").detach(), before)
 
 
+def test_the_elbo_objective_takes_autonormal_as_pyros_trace_elbo_does():
+    # AutoNormal's auxiliary sites are not the model's latents; Trace_ELBO counts them, and so must we
+    fa = Factor()
+    data = fa.data(10)
+    model = factor_model(fa)
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_scale=0.3)
+    guide(data)  # set up its parameters, outside the seeded draws
+    losses = []
+    pyro_elbo = pyro.infer.Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1)
+    for objective in (pyro_elbo, make_objective("elbo", 3, max_plate_nesting=1)):
+        pyro.set_rng_seed(2)
+        losses.append(objective.loss(model, guide, data))
+    assert losses[1] == losses[0]
+
+
 @pytest.mark.parametrize("autoguide", [AutoMultivariateNormal, AutoDiagonalNormal])
 def test_a_guide_that_couples_data_points_is_refused_by_name(autoguide):
     fa = Factor()
