@@ -311,11 +311,13 @@ def test_obs_mask_scores_the_observed_part_of_each_row():
 # subsampled data plates: the scale multiplies the bound after the logsumexp
 
 
-def subsampled_model(fa, num_data, create_plate):
-    def model(x, index):
-        with create_plate(x, index):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+def subsample_size_model(fa):
+    """Pyro's mini-batch idiom: the model draws its own subsample of the data set it is given."""
+
+    def model(data, subsample_size=None):
+        with pyro.plate("data", data.shape[0], subsample_size=subsample_size) as index:
+            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
 
     return model
 
@@ -336,12 +338,16 @@ def test_a_subsampled_plate_scales_the_bound_after_the_logsumexp(how):
             with poutine.scale(scale=num_data / x.shape[0]), pyro.plate("data", x.shape[0]):
                 yield
 
+    def model(x, index):
+        with create_plate(x, index):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
     def guide(x, index):
         loc, scale_tril = fa.posterior(x)
         with create_plate(x, index):
             pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
 
-    model = subsampled_model(fa, num_data, create_plate)
     x = data[index]
     exact = fa.log_marginal(x)
     for name in ("iwae", "iwae-stl", "iwae-dreg"):
@@ -354,18 +360,13 @@ def test_the_subsampled_loss_and_gradient_match_a_hand_computation_on_replayed_s
     # AutoNormal over the local latents of a subsample_size plate; pyro's RenyiELBO would scale before the logsumexp
     fa = Factor()
     data = fa.data(40)
-
-    def model(data):
-        with pyro.plate("data", data.shape[0], subsample_size=8) as index:
-            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
-
+    model = subsample_size_model(fa)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     guide = AutoNormal(model, init_scale=0.5)
-    guide(data)  # create the parameters
+    guide(data, subsample_size=8)  # create the parameters
     traced = poutine.trace(guide)
-    loss = make_objective("iwae", 5).loss_and_grads(model, traced, data)
+    loss = make_objective("iwae", 5).loss_and_grads(model, traced, data, subsample_size=8)
     trace = traced.msngr.trace
     index, z = trace.nodes["data"]["value"], trace.nodes["z"]["value"].detach()  # [8], [5, 8, 2]
     parameters = dict(guide.named_parameters())  # the locs and the unconstrained scales
@@ -392,12 +393,7 @@ def test_the_subsampled_loss_and_gradient_match_a_hand_computation_on_replayed_s
 def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior():
     fa = Factor()
     data = fa.data(40)
-
-    def model(data, subsample_size=None):
-        with pyro.plate("data", data.shape[0], subsample_size=subsample_size) as index:
-            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
-
+    model = subsample_size_model(fa)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     # the guide's plate follows the model's subsample_size (Pyro's idiom for subsampled autoguides)
@@ -421,15 +417,10 @@ def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior()
 def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
     fa = Factor()
     data = fa.data(40)
-
-    def model(data):
-        with pyro.plate("data", data.shape[0], subsample_size=8) as index:
-            z = pyro.sample("z", dist.Normal(data.new_zeros(2), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=data[index])
-
+    model = subsample_size_model(fa)
     pyro.clear_param_store()
     with pytest.raises(DataPlateError, match="8 data points in a batch of 40"):
-        log_likelihood(model, AutoNormal(model), data, num_particles=4, batch_size=40)
+        log_likelihood(model, AutoNormal(model), data, num_particles=4, batch_size=40, subsample_size=8)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
