@@ -23,8 +23,8 @@ import torch
 from timing import add_device_argument, clock
 from torch import nn
 
-from pyro_iwae.allocator import keep_freed_memory
 from pyro_iwae.evaluation import default_particle_chunk_size, log_likelihood
+from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.importance import log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 

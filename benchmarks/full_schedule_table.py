@@ -16,7 +16,7 @@ For every run directory it writes to ``--out``:
   ``metrics.json`` where there is one), the train NLL with the same K on the first
   ``--train-images`` (10,000) training images binarized once with seed 0, the train-test gap,
   active units, epochs and training time, in ``results.json`` and ``table.md``, and the final
-  weights in ``weights/<run>.pt`` (:func:`pyro_iwae.training.save_weights`'s format).
+  weights in ``weights/<run>.pt`` (:func:`pyro_iwae.checkpoints.save_weights`'s format).
 
 Every evaluation starts from ``pyro.set_rng_seed(0)``, so it is deterministic, and is cached in
 ``evaluations.json`` under the digest of the weights it scored: a rerun only scores new snapshots
@@ -32,7 +32,6 @@ re-scores the committed weights and prints their table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import math
@@ -51,12 +50,15 @@ from tqdm.auto import tqdm
 
 from pyro_iwae import keep_freed_memory, log_likelihood
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.cli import DEVICES, at_least, run_main
+from pyro_iwae.checkpoints import StoredWeights, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import active_units
-from pyro_iwae.experiment import ExperimentConfig, StoredWeights, read_history, read_weights, resolve_device, write_json
-from pyro_iwae.reproduction import NAMES, PAPER_NLL
-from pyro_iwae.training import burda_learning_rates, save_weights
+from pyro_iwae.experiments.cli import at_least, run_main
+from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
+from pyro_iwae.experiments.grid import PAPER_NLL
+from pyro_iwae.experiments.outputs import write_json
+from pyro_iwae.objectives import OBJECTIVES
+from pyro_iwae.training import burda_learning_rates
 
 RUNS = ("runs/full-schedule/mnist-elbo-k1-1layer", "runs/full-schedule/mnist-iwae-k5-1layer")
 OUT = "benchmarks/results/table1-mnist-full-schedule"
@@ -118,13 +120,14 @@ class Run:
     def label(self) -> str:
         """``"IWAE, k = 5"``, with the layers, prior and guide where they are not the paper's."""
         c = self.config
-        label = f"{NAMES.get(c['objective'], c['objective'])}, k = {c['particles']}"
+        name = OBJECTIVES[c["objective"]].label if c["objective"] in OBJECTIVES else c["objective"]
+        label = f"{name}, k = {c['particles']}"
         label += f", {c['layers']} layers" * (c["layers"] != 1)
         label += f", {c['prior']} prior" * (c.get("prior", "normal") != "normal")
         return label + f", {c['guide']} guide" * (c.get("guide", "normal") != "normal")
 
     def reference(self, table: dict) -> float | None:
-        """This model's number in ``table`` (:data:`~pyro_iwae.reproduction.PAPER_NLL`, :data:`REPRODUCTION_NLL`)."""
+        """This model's number in ``table``: :data:`~pyro_iwae.experiments.grid.PAPER_NLL`, :data:`REPRODUCTION_NLL`."""
         c = self.config
         plain = c.get("prior", "normal") == "normal" and c.get("guide", "normal") == "normal"
         key = (c.get("dataset", "mnist"), c["layers"], c["objective"])
@@ -331,7 +334,7 @@ def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: li
         test = dict(
             nll=-m["test_log_likelihood"],
             nll_stderr=m["test_log_likelihood_stderr"],
-            particles=m["eval_particles"],
+            particles=m["config"]["eval_particles"],
             images=m["test_size"],
             active_units=m["active_units"],
             source=f"`{run.path / 'metrics.json'}` (the evaluator examples/mnist.py runs after training)",
@@ -371,26 +374,10 @@ def save_final_weights(runs: list[Run], out: Path) -> dict[str, Path]:
     return saved
 
 
-#: the fields of :class:`ExperimentConfig` that :func:`training_command` writes as flags where they are not the default
-FLAGS = ("layers", "prior", "guide", "dataset", "schedule", "epochs", "batch_size", "lr", "train_size", "seed")
-FLAGS += ("eval_particles", "eval_batch_size", "test_size", "data_dir")
-
-
 def training_command(run: Run, data_dir: str | None) -> str:
     """The ``examples/mnist.py`` command that trains ``run``: its config's flags that are not the defaults."""
-    config = {**dataclasses.asdict(ExperimentConfig()), "data_dir": data_dir, **run.config}
-    if run.metrics is not None:
-        config.update(run.metrics["config"])
-    defaults = dataclasses.asdict(ExperimentConfig())
-    flags = ["--objective", config["objective"], "--particles", config["particles"]]
-    for name in FLAGS:
-        if config[name] != defaults[name]:
-            flags += [f"--{name.replace('_', '-')}", config[name]]
-    flags += ["--out", run.path]
-    if config["snapshot_every"] is not None:
-        flags += ["--snapshot-every", config["snapshot_every"]]
-    flags += ["--no-plots"] * (not config["plots"]) + ["--no-progress"] * (not config["progress"])
-    return "python examples/mnist.py " + shlex.join(map(str, flags))
+    config = {"data_dir": data_dir, **run.config, **(run.metrics["config"] if run.metrics is not None else {})}
+    return "python examples/mnist.py " + shlex.join(command_line({**config, "out": str(run.path)}))
 
 
 def plot_curves(curves: dict[str, dict], settings: dict, path: Path) -> None:
@@ -515,7 +502,7 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
             "## The weights",
             "",
             "`weights/<run>.pt` holds each finished model's parameters with its training config and epoch"
-            " (`pyro_iwae.training.save_weights`). Load one and score it:",
+            " (`pyro_iwae.checkpoints.save_weights`). Load one and score it:",
             "",
             "```python",
             "import pyro",

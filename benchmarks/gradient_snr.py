@@ -30,9 +30,10 @@ import torch
 from matplotlib.figure import Figure
 from tqdm.auto import tqdm
 
-from pyro_iwae.cli import at_least
+from pyro_iwae.checkpoints import load_model
 from pyro_iwae.data import load_dataset
-from pyro_iwae.experiment import load_model
+from pyro_iwae.diagnostics import gradient_samples, signal_to_noise
+from pyro_iwae.experiments.cli import at_least
 from pyro_iwae.importance import log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
@@ -41,24 +42,22 @@ from pyro_iwae.training import make_optimizer
 OBJECTIVES = ("iwae", "iwae-stl", "iwae-dreg")
 
 
-def gradient_samples(vae: VAE, objective: str, x: torch.Tensor, num_particles: int, repeats: int) -> dict:
-    """``{"encoder": [repeats, n], "decoder": [repeats, m]}``: flattened gradients, one row per estimate."""
-    elbo = make_objective(objective, num_particles)
+def encoder_and_decoder_snr(vae: VAE, objective: str, x: torch.Tensor, num_particles: int, repeats: int) -> dict:
+    """
+    ``{"encoder": ..., "decoder": ...}``: the mean :func:`~pyro_iwae.diagnostics.signal_to_noise` over the
+    components of the encoder's and of the pixel decoder's gradient, from the same ``repeats`` estimates.
+    """
     groups = {"encoder": list(vae.encoder.parameters()), "decoder": list(vae.decoder_pixels.parameters())}
-    samples = {name: [] for name in groups}
-    for _ in range(repeats):
-        vae.zero_grad()
-        elbo.loss_and_grads(vae.model, vae.guide, x)
-        for name, parameters in groups.items():
-            samples[name].append(torch.cat([p.grad.flatten() for p in parameters]))
-    return {name: torch.stack(rows) for name, rows in samples.items()}
-
-
-def signal_to_noise(samples: torch.Tensor) -> float:
-    """Mean over components of ``|mean| / std`` (components whose gradient is always 0 left out)."""
-    std = samples.std(0)
-    keep = std > 0
-    return (samples.mean(0)[keep].abs() / std[keep]).mean().item()
+    samples = gradient_samples(
+        make_objective(objective, num_particles),
+        vae.model,
+        vae.guide,
+        x,
+        parameters=[p for parameters in groups.values() for p in parameters],
+        num_samples=repeats,
+    )  # [repeats, encoder components + decoder components]
+    sizes = [sum(p.numel() for p in parameters) for parameters in groups.values()]
+    return {name: signal_to_noise(g).mean().item() for name, g in zip(groups, samples.split(sizes, dim=1))}
 
 
 @torch.no_grad()
@@ -113,8 +112,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     for k in args.particles:
         spread = weight_spread(vae, x, k)
         for objective in OBJECTIVES:
-            samples = gradient_samples(vae, objective, x, k, args.repeats)
-            row = dict(objective=objective, k=k, **{name: signal_to_noise(g) for name, g in samples.items()}, **spread)
+            row = dict(
+                objective=objective, k=k, **encoder_and_decoder_snr(vae, objective, x, k, args.repeats), **spread
+            )
             rows.append(row)
             print(
                 f"| {objective} | {k} | {row['encoder']:.3f} | {row['decoder']:.3f} | {row['ess']:.1f} |"

@@ -27,8 +27,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from pyro_iwae.allocator import keep_freed_memory
 from pyro_iwae.evaluation import log_likelihood
+from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.training import make_optimizer

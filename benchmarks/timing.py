@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from pyro_iwae.cli import DEVICES
-from pyro_iwae.experiment import ConfigError, resolve_device
+from pyro_iwae.experiments.config import DEVICES, ConfigError, resolve_device
 
 
 def device(name: str) -> torch.device:

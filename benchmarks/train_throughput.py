@@ -3,7 +3,7 @@ Training throughput: one Adam step of our Pyro objectives (``RenyiELBO`` / ``Tra
 vectorized particles) against the hand-written PyTorch IWAE a user would otherwise write,
 with the same networks, weights, optimizer (:func:`pyro_iwae.training.make_optimizer`) and
 batches, measured side by side in one process, with glibc told to keep freed memory
-(:func:`pyro_iwae.allocator.keep_freed_memory`) as ``examples/mnist.py`` does.
+(:func:`pyro_iwae.fast.keep_freed_memory`) as ``examples/mnist.py`` does.
 
     python benchmarks/train_throughput.py
 
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from timing import add_device_argument, clock
 from torch.distributions import Normal
 
-from pyro_iwae.allocator import keep_freed_memory
-from pyro_iwae.cli import at_least
+from pyro_iwae.experiments.cli import at_least
+from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import OBJECTIVES, make_objective
 from pyro_iwae.training import make_optimizer

@@ -6,114 +6,92 @@ Autoencoders", and report the test log-likelihood estimated with
 
     python examples/mnist.py --objective iwae --particles 10
     python examples/mnist.py --objective iwae-dreg --particles 10 --prior vamp --guide iaf
+
+Every flag is a field of :class:`pyro_iwae.experiments.config.RunConfig`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
+from pathlib import Path
 
-from pyro_iwae.cli import add_experiment_arguments, at_least, experiment_config, run_main
-from pyro_iwae.experiment import run
-from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
-from pyro_iwae.objectives import OBJECTIVES
+import pyro
+
+from pyro_iwae.checkpoints import RunDirectory
+from pyro_iwae.data import load_dataset
+from pyro_iwae.evaluation import active_units, log_likelihood
+from pyro_iwae.experiments.cli import run_main
+from pyro_iwae.experiments.config import RunConfig, resolve_device
+from pyro_iwae.experiments.outputs import run_metrics, save_plots, write_json
+from pyro_iwae.fast import keep_freed_memory
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import make_objective
+from pyro_iwae.training import train
 
 
-def main(args: argparse.Namespace) -> dict:
-    config = experiment_config(
-        args,
-        objective=args.objective,
-        particles=args.particles,
-        layers=args.layers,
-        prior=args.prior,
-        guide=args.guide,
-        seed=args.seed,
-        out=args.out or default_out(args),
-        resume=args.resume,
-        plots=not args.no_plots,
-        validate=args.validate,
-        snapshot_every=args.snapshot_every,
+def main(config: RunConfig) -> dict:
+    device = resolve_device(config.device)
+    dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    pyro.enable_validation(config.validate)
+
+    # the model p(x, z) and the guide q(z | x) of Burda et al. (2016), section 5
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    vae = VAE(
+        *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
+    ).to(device)
+
+    # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0)
+    objective = make_objective(config.objective, config.particles)
+
+    # Adam over the learning-rate schedule, with a checkpoint after every epoch
+    run = RunDirectory(config.out, config.training_config(), config.snapshot_every)
+    history = train(
+        vae,
+        objective,
+        dataset.train,
+        config.learning_rates(),
+        batch_size=config.batch_size,
+        dynamic_binarization=dataset.dynamic_binarization,
+        seed=config.seed,
+        run=run,
+        resume=config.resume,
+        progress=config.progress,
     )
-    metrics = run(config)
+
+    # log p(x) of every test image, estimated with K importance samples
+    test = dataset.test.to(device)
+    start = time.perf_counter()
+    estimate = log_likelihood(
+        vae.model,
+        vae.guide,
+        test,
+        num_particles=config.eval_particles,
+        batch_size=config.eval_batch_size,
+        progress=config.progress,
+    )
+    eval_seconds = time.perf_counter() - start
+
+    metrics = run_metrics(
+        config, history, estimate, active_units(vae.guide, test), dataset.train.shape[0], eval_seconds, device
+    )
+    write_json(run.path / "metrics.json", metrics)
+    if config.plots:
+        save_plots(vae, test, history, run.path, config.label)
     summary = {key: metrics[key] for key in ("test_log_likelihood", "test_elbo", "active_units", "train_seconds")}
     print(json.dumps(summary, indent=2))
     print(f"wrote {config.out}/")
     return metrics
 
 
-def default_out(args: argparse.Namespace) -> str:
-    """``runs/<dataset>-<objective>-k<particles>-<layers>layer``, then ``-<prior>-prior`` and
-    ``-<guide>-guide`` where they are not the default."""
-    out = f"runs/{args.dataset}-{args.objective}-k{args.particles}-{args.layers}layer"
-    if args.prior != "normal":
-        out += f"-{args.prior}-prior"
-    if args.guide != "normal":
-        out += f"-{args.guide}-guide"
-    return out
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--objective",
-        choices=OBJECTIVES,
-        default="iwae",
-        help="elbo: the VAE bound (Trace_ELBO); iwae: the k-sample importance weighted bound "
-        "(RenyiELBO, alpha=0); iwae-stl, iwae-dreg: the same bound with the sticking-the-landing or the "
-        "doubly reparameterized gradient for the guide (default: %(default)s)",
-    )
-    p.add_argument(
-        "--particles",
-        "-k",
-        type=at_least(1),
-        default=5,
-        help="samples k per data point in the training objective (default: %(default)s)",
-    )
-    p.add_argument(
-        "--layers",
-        type=int,
-        choices=sorted(ARCHITECTURES),
-        default=1,
-        help="stochastic layers: 1 (x-200-200-z50) or 2 (x-200-200-h100-100-100-h50) (default: %(default)s)",
-    )
-    p.add_argument(
-        "--prior",
-        choices=PRIORS,
-        default="normal",
-        help="prior over the top latent layer: N(0, I), a learned diagonal Gaussian, a mixture of 10 "
-        "Gaussians, or the VampPrior with 500 pseudo-inputs (default: %(default)s)",
-    )
-    p.add_argument(
-        "--guide",
-        choices=list(GUIDES),
-        default="normal",
-        help="guide for each stochastic layer: a diagonal Gaussian, or one followed by 2 inverse "
-        "autoregressive flows (default: %(default)s)",
-    )
-    add_experiment_arguments(p)
-    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer[-<prior>-prior]"
-        "[-<guide>-guide])",
-    )
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
-    p.add_argument(
-        "--snapshot-every",
-        type=at_least(1),
-        default=None,
-        help="keep the weights in OUT/weights/ after epochs 0-9, 10-90 in tens, ..., at least every N epochs,"
-        " and the last, for a training curve (default: off)",
-    )
-    p.add_argument("--no-plots", action="store_true", help="do not write the PNG pictures")
-    p.add_argument(
-        "--validate",
-        action="store_true",
-        help="turn on Pyro's distribution validation (slower; off by default for speed)",
-    )
-    return p
+    return RunConfig.add_arguments(p)
 
 
 if __name__ == "__main__":
-    run_main(main, parser())
+    keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
+    run_main(main, parser(), RunConfig.from_args)

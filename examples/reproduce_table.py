@@ -18,11 +18,13 @@ import argparse
 import shlex
 import sys
 
-from pyro_iwae.cli import add_experiment_arguments, at_least, experiment_config, run_main
+import pyro
+from mnist import main as train_and_evaluate  # this directory's examples/mnist.py
+
 from pyro_iwae.data import load_dataset
-from pyro_iwae.experiment import resolve_device
-from pyro_iwae.objectives import OBJECTIVES
-from pyro_iwae.reproduction import (
+from pyro_iwae.experiments.cli import at_least, run_main
+from pyro_iwae.experiments.config import RunConfig, resolve_device
+from pyro_iwae.experiments.grid import (
     TABLE_OBJECTIVES,
     grid,
     plot_nll_vs_k,
@@ -32,12 +34,30 @@ from pyro_iwae.reproduction import (
     write_results,
     write_table,
 )
+from pyro_iwae.fast import keep_freed_memory
+from pyro_iwae.objectives import OBJECTIVES
+
+#: the flags of examples/mnist.py that every cell of the grid shares
+SHARED_FIELDS = (
+    "dataset",
+    "data_dir",
+    "epochs",
+    "schedule",
+    "batch_size",
+    "lr",
+    "eval_particles",
+    "eval_batch_size",
+    "train_size",
+    "test_size",
+    "device",
+    "progress",
+)
 
 
 def main(args: argparse.Namespace) -> str:
-    base = experiment_config(args, plots=False)
+    base = RunConfig.from_args(args, SHARED_FIELDS, plots=False)
     cells = grid(args.objectives, args.particles, args.layers, args.seeds)
-    results = run_grid(cells, base, args.out)
+    results = run_grid(cells, base, args.out, run=train_and_evaluate)
 
     command = "python examples/reproduce_table.py " + shlex.join(sys.argv[1:])
     write_results(results, f"{args.out}/results.json")
@@ -55,14 +75,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--objectives",
         nargs="+",
-        choices=OBJECTIVES,
+        choices=list(OBJECTIVES),
         default=list(TABLE_OBJECTIVES),
         help="columns of the table; add iwae-stl iwae-dreg for the gradient estimators (default: %(default)s)",
     )
     p.add_argument("--particles", nargs="+", type=at_least(1), default=[1, 5, 50], help="values of k")
     p.add_argument("--layers", nargs="+", type=int, choices=(1, 2), default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one model per seed; the table shows mean ± sd")
-    add_experiment_arguments(p, schedule="burda")
+    RunConfig.add_arguments(p, SHARED_FIELDS, schedule="burda")
     p.add_argument(
         "--out", default="runs/table", help="one sub-directory per model, and the table (default: %(default)s)"
     )
@@ -70,4 +90,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
+    keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
+    pyro.enable_validation(False)
     run_main(main, parser())

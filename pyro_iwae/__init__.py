@@ -1,13 +1,13 @@
 """Importance Weighted Autoencoders (Burda et al., 2016) in Pyro."""
 
-from pyro_iwae.allocator import keep_freed_memory
+from pyro_iwae.checkpoints import load_model
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_likelihood
-from pyro_iwae.experiment import load_model
+from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.importance import DataPlateError, check_data_plate, importance_weights, log_importance_weights
 from pyro_iwae.models import VAE
 from pyro_iwae.objectives import IWAE_ELBO, IWAE_STL, VAE_ELBO, IWAE_DReG, make_objective
-from pyro_iwae.training import train
+from pyro_iwae.training import burda_learning_rates, train
 
 __version__ = "0.1.0"
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "DataPlateError",
     "ImportanceEstimate",
     "active_units",
+    "burda_learning_rates",
     "check_data_plate",
     "importance_weights",
     "keep_freed_memory",

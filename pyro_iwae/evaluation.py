@@ -42,7 +42,7 @@ def default_particle_chunk_size(device: torch.device, batch_size: int) -> int:
     """
     Particles per pass, so that a pass has about 10,000 rows (data points x particles)
     on the CPU and 100,000 on a GPU. On the CPU, 10,000 rows of 784 pixels keep every
-    tensor below the 32 MiB that :func:`~pyro_iwae.allocator.keep_freed_memory` can
+    tensor below the 32 MiB that :func:`~pyro_iwae.fast.keep_freed_memory` can
     recycle, and were the fastest pass on the project's machine (``benchmarks/README.md``);
     a GPU needs more rows to fill it.
     """

@@ -13,7 +13,7 @@ the objectives or the evaluator.
 Every sample site sits inside one ``pyro.plate("data", batch_size)``, so the
 importance weights ``p(x, z) / q(z | x)`` are formed per data point: this is
 what :class:`pyro.infer.RenyiELBO` and :func:`pyro_iwae.evaluation.log_likelihood`
-need (see :mod:`pyro_iwae.data_plate`).
+need (see :mod:`pyro_iwae.importance`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,16 @@ from pyro_iwae.priors import LearnedNormalPrior, MixtureOfGaussiansPrior, Standa
 ARCHITECTURES = {1: ((200,), (50,)), 2: ((200, 100), (100, 50))}
 
 
-#: ``--prior`` choices; ``"normal"`` is Burda et al.'s N(0, I)
-PRIORS = ("normal", "learned-normal", "mog", "vamp")
-#: ``--guide`` choices: the guide layer for every stochastic layer
-GUIDES = {"normal": GaussianLayer, "iaf": IAFLayer}
+#: ``name -> (latent_dim, encoder, mean_pixel) -> prior module`` (:mod:`pyro_iwae.priors`);
+#: ``"normal"`` is Burda et al.'s N(0, I)
+PRIORS: dict[str, Callable[[int, Sequence[nn.Module], torch.Tensor], nn.Module]] = {
+    "normal": lambda latent_dim, encoder, mean_pixel: StandardNormalPrior(latent_dim),
+    "learned-normal": lambda latent_dim, encoder, mean_pixel: LearnedNormalPrior(latent_dim),
+    "mog": lambda latent_dim, encoder, mean_pixel: MixtureOfGaussiansPrior(latent_dim),
+    "vamp": lambda latent_dim, encoder, mean_pixel: VampPrior(encoder, mean_pixel),
+}
+#: ``name -> (in_dim, hidden_dim, out_dim) -> guide layer``, one for every stochastic layer
+GUIDES: dict[str, Callable[[int, int, int], nn.Module]] = {"normal": GaussianLayer, "iaf": IAFLayer}
 
 
 class VAE(nn.Module):
@@ -63,8 +69,9 @@ class VAE(nn.Module):
         super().__init__()
         if len(hidden_dims) != len(latent_dims):
             raise ValueError("hidden_dims and latent_dims need one entry per stochastic layer")
-        if isinstance(guide, str) and guide not in GUIDES:
-            raise ValueError(f"unknown guide {guide!r}: choose one of {', '.join(GUIDES)}")
+        for name, table, value in (("prior", PRIORS, prior), ("guide", GUIDES, guide)):
+            if isinstance(value, str) and value not in table:
+                raise ValueError(f"unknown {name} {value!r}: choose one of {', '.join(table)}")
         guide_layer = GUIDES[guide] if isinstance(guide, str) else guide
         self.latent_dims = tuple(latent_dims)
         below = (x_dim, *latent_dims[:-1])
@@ -75,19 +82,10 @@ class VAE(nn.Module):
             GaussianLayer(i, h, o) for i, h, o in zip(latent_dims[1:], hidden_dims[1:], latent_dims[:-1])
         )
         self.decoder_pixels = BernoulliLayer(latent_dims[0], hidden_dims[0], x_dim, mean_pixel)
-        self.prior = self._make_prior(prior, x_dim, mean_pixel) if isinstance(prior, str) else prior
-
-    def _make_prior(self, name: str, x_dim: int, mean_pixel: torch.Tensor | None) -> nn.Module:
-        latent_dim = self.latent_dims[-1]
-        if name == "normal":
-            return StandardNormalPrior(latent_dim)
-        if name == "learned-normal":
-            return LearnedNormalPrior(latent_dim)
-        if name == "mog":
-            return MixtureOfGaussiansPrior(latent_dim)
-        if name == "vamp":
-            return VampPrior(self.encoder, mean_pixel if mean_pixel is not None else torch.full((x_dim,), 0.5))
-        raise ValueError(f"unknown prior {name!r}: choose one of {', '.join(PRIORS)}")
+        if isinstance(prior, str):
+            init = torch.full((x_dim,), 0.5) if mean_pixel is None else mean_pixel
+            prior = PRIORS[prior](latent_dims[-1], self.encoder, init)
+        self.prior = prior
 
     @property
     def latent_names(self) -> list[str]:

@@ -14,38 +14,8 @@ import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
-from pyro_iwae.distributions import BernoulliPixels, DiagonalNormal
-
-
-class Tanh(nn.Module):
-    """
-    ``tanh(x)``; on the CPU computed as ``2 sigmoid(2x) - 1``, which equals it to
-    within 2e-7 in float32. PyTorch's CPU ``tanh`` kernel is slow: on a ``[5000, 200]``
-    tensor on the project's machine ``torch.tanh`` takes 1.18 ms and this 0.35 ms
-    (``python benchmarks/kernels.py``), and the tanh layers took 10 to 15 % of the
-    evaluator's time.
-    The backward pass is tanh's own, ``grad * (1 - tanh(x)^2)``. Elsewhere (CUDA)
-    it is ``torch.tanh``.
-    """
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return _SigmoidTanh.apply(inputs) if inputs.device.type == "cpu" else torch.tanh(inputs)
-
-
-class _SigmoidTanh(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs: torch.Tensor) -> torch.Tensor:
-        outputs = torch.sigmoid(2 * inputs).mul_(2).sub_(1)
-        ctx.save_for_backward(outputs)
-        return outputs
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (outputs,) = ctx.saved_tensors
-        return torch.ops.aten.tanh_backward(grad, outputs)
+from pyro_iwae.fast import BernoulliPixels, DiagonalNormal, Tanh
 
 
 def tanh_mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:

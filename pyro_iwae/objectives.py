@@ -57,6 +57,9 @@ class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
     ``-H[p(u | ...)]`` too much) or a guide variable that the model lacks.
     """
 
+    #: its name in tables and plots
+    label = "VAE"
+
     def _get_trace(self, model, guide, args, kwargs):
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
         model_only = sorted(model_only_latents(model_trace, guide_trace))
@@ -85,6 +88,9 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
     ``sum_l (L - L_{-l}) dlog r(z_l)`` with the leave-one-out baseline of VIMCO
     (Mnih & Rezende, 2016, eq. 9); ``RenyiELBO(alpha=0)`` drops that term.
     """
+
+    #: its name in tables and plots
+    label = "IWAE"
 
     def __init__(
         self, num_particles: int = 2, max_plate_nesting: float = float("inf"), vectorize_particles: bool = True
@@ -237,6 +243,9 @@ class IWAE_STL(_PathwiseIWAE):
     gradient is IWAE's.
     """
 
+    #: its name in tables and plots
+    label = "IWAE-STL"
+
     guide_weight_power = 1
 
 
@@ -248,6 +257,9 @@ class IWAE_DReG(_PathwiseIWAE):
     gradient whose signal-to-noise ratio does not vanish as ``k`` grows
     (Rainforth et al., 2018). The model's gradient is IWAE's.
     """
+
+    #: its name in tables and plots
+    label = "IWAE-DReG"
 
     guide_weight_power = 2
 

@@ -1,10 +1,13 @@
 import os
+import sys
 from pathlib import Path
 
 import pyro
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the tests import the example scripts as the grid does (``from mnist import main``)
+sys.path.insert(0, str(ROOT / "examples"))
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -46,12 +45,16 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(command(data_dir, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # history.csv appears (by a rename) after epoch 1's checkpoint: kill at once, in epoch 2, which
+    # cannot finish within one poll (its 150 steps take a second or more, a poll 0.01 s)
     deadline = time.monotonic() + 300
-    while not (killed / "history.csv").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # well into epoch 2 (an epoch of 150 steps takes a second or more)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    try:
+        while not (killed / "history.csv").exists():
+            assert process.poll() is None and time.monotonic() < deadline, "epoch 1 did not finish"
+            time.sleep(0.01)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
     finished = history(killed)
     assert len(finished) == 1, "the kill was meant to land in epoch 2"
     assert not (killed / "metrics.json").exists()

@@ -14,15 +14,17 @@ import pyro.util
 import pytest
 import torch
 from conftest import ROOT
+from mnist import main as train_and_evaluate
 
 import pyro_iwae
+from pyro_iwae.checkpoints import CheckpointError, RunDirectory, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import active_units
-from pyro_iwae.experiment import ExperimentConfig, read_history, read_weights, run
+from pyro_iwae.experiments.config import RunConfig
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.priors import MixtureOfGaussiansPrior
-from pyro_iwae.training import CheckpointError, save_weights, train
+from pyro_iwae.training import train
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -41,15 +43,13 @@ def images(num=40):
 
 
 def test_load_model_reads_a_run_directory_its_checkpoint_and_its_snapshots(tmp_path):
-    config = ExperimentConfig(particles=2, layers=2, prior="mog").training_config()
+    config = RunConfig(particles=2, layers=2, prior="mog").training_config()
     torch.manual_seed(0)
     untrained = VAE(*ARCHITECTURES[2], prior="mog").state_dict()
     torch.manual_seed(0)
     vae = VAE(*ARCHITECTURES[2], prior="mog")
-    train(
-        vae, vae.model, vae.guide, make_objective("iwae", 2), images(), [1e-2, 1e-2], dynamic_binarization=False,
-        checkpoint_path=tmp_path / "checkpoint.pt", config=config, progress=False, snapshot_every=1,
-    )  # fmt: skip
+    run = RunDirectory(tmp_path, config, snapshot_every=1)
+    train(vae, make_objective("iwae", 2), images(), [1e-2, 1e-2], dynamic_binarization=False, run=run, progress=False)
     for path in (tmp_path, tmp_path / "checkpoint.pt", tmp_path / "weights" / "epoch-0002.pt"):
         model = pyro_iwae.load_model(path)
         # built from the stored config: two stochastic layers and a mixture prior, not the default VAE
@@ -95,18 +95,18 @@ def test_binarize_is_fixed_by_its_seed():
 def tiny_run(tmp_path_factory, data_dir):
     """Two epochs of the burda schedule on 300 images, a snapshot after each, scored with K = 20 on 100 images."""
     out = tmp_path_factory.mktemp("runs") / "mnist-iwae-k5-1layer"
-    config = ExperimentConfig(
+    config = RunConfig(
         objective="iwae", particles=5, schedule="burda", epochs=2, train_size=300, test_size=100,
         eval_particles=20, data_dir=str(data_dir), out=str(out), plots=False, progress=False, snapshot_every=1,
     )  # fmt: skip
-    metrics = run(config)
+    metrics = train_and_evaluate(config)
     return out, metrics
 
 
 def test_the_loaded_model_reproduces_the_metrics_of_its_run(tiny_run, data_dir):
     out, metrics = tiny_run
     test = load_dataset("mnist", data_dir, test_size=100).test
-    # run() scores the model right after training, from the random state the checkpoint saved then
+    # examples/mnist.py scores the model right after training, from the random state the checkpoint saved then
     rng = torch.load(out / "checkpoint.pt", weights_only=False)["rng"]
     for path in (out, out / "weights" / "epoch-0002.pt"):
         model = pyro_iwae.load_model(path)

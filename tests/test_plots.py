@@ -1,7 +1,9 @@
 import numpy as np
+import pyro
+import pytest
 import torch
 
-from pyro_iwae.models import VAE
+from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.plots import image_grid, latent_traversal, reconstructions, samples
 
 
@@ -14,10 +16,72 @@ def test_image_grid_places_images_row_by_row():
     assert np.all(grid[62:90, 32:60] == 0.15)  # the empty sixth cell is padding
 
 
-def test_model_pictures_are_pixel_probabilities():
-    vae = VAE(mean_pixel=torch.full((784,), 0.2))
+def mlp(layers, inputs):
+    """The two tanh layers of a network block (``networks.tanh_mlp``), by hand."""
+    return torch.tanh(layers[2](torch.tanh(layers[0](inputs))))
+
+
+def gaussian(layer, inputs):
+    """loc and scale of a ``networks.GaussianLayer``, by hand."""
+    hidden = mlp(layer.hidden, inputs)
+    return layer.loc(hidden), layer.log_scale(hidden).exp()
+
+
+def pixel_probabilities(vae, z1):
+    """sigmoid of the decoder's logits at ``z1``, by hand."""
+    return torch.sigmoid(vae.decoder_pixels.logits(mlp(vae.decoder_pixels.hidden, z1)))
+
+
+@pytest.fixture
+def vae():
+    torch.manual_seed(0)
+    return VAE(*ARCHITECTURES[2], mean_pixel=torch.full((784,), 0.2))
+
+
+@torch.no_grad()
+def test_reconstructions_are_the_decoder_mean_at_a_draw_from_the_guide(vae):
     x = torch.bernoulli(torch.full((6, 784), 0.2))
-    for images in (reconstructions(vae.model, vae.guide, x), samples(vae.model, 4)):
-        assert images.shape[1] == 784 and ((0 <= images) & (images <= 1)).all()
+    pyro.set_rng_seed(3)
+    images = reconstructions(vae.model, vae.guide, x)
+    # the same draw by hand: z1 = loc(x) + scale(x) eps, then z2 from z1 (which the pixels do not read)
+    pyro.set_rng_seed(3)
+    loc, scale = gaussian(vae.encoder[0], x)
+    z1 = loc + scale * torch.randn(6, 100)
+    assert torch.allclose(images, pixel_probabilities(vae, z1), rtol=0, atol=1e-6)
+    assert (images - pixel_probabilities(vae, loc)).abs().max() > 1e-3  # the test tells a draw from the mean
+
+
+@torch.no_grad()
+def test_samples_are_the_decoder_mean_at_a_draw_from_the_prior(vae):
+    pyro.set_rng_seed(4)
+    images = samples(vae.model, 5)
+    # the same draw by hand: z2 ~ N(0, I), then z1 ~ p(z1 | z2)
+    pyro.set_rng_seed(4)
+    z2 = torch.randn(5, 50)
+    loc, scale = gaussian(vae.decoder_latents[0], z2)
+    z1 = loc + scale * torch.randn(5, 100)
+    assert images.shape == (5, 784)
+    assert torch.allclose(images, pixel_probabilities(vae, z1), rtol=0, atol=1e-6)
+    assert (images - pixel_probabilities(vae, loc)).abs().max() > 1e-3  # the test tells a draw from the mean
+
+
+@torch.no_grad()
+def test_latent_traversal_moves_one_active_unit_per_row():
+    # one layer: E_q[z1 | x] is the guide's loc, so the traversal is a hand computation
+    torch.manual_seed(0)
+    vae = VAE(mean_pixel=torch.full((784,), 0.2))
+    x = torch.bernoulli(torch.full((20, 784), 0.2))
     traversal = latent_traversal(vae.model, vae.guide, x, "z1", num_units=3, num_steps=5)
-    assert traversal.shape == (15, 784)
+    means, _ = gaussian(vae.encoder[0], x)  # [20, 50]
+    center, spread = means.mean(0), means.std(0)
+    units = spread.argsort(descending=True)[:3]  # the three units whose posterior mean varies most
+    expected = []
+    for unit in units:
+        for offset in (-3.0, -1.5, 0.0, 1.5, 3.0):
+            z = center.clone()
+            z[unit] += offset * spread[unit]
+            expected.append(pixel_probabilities(vae, z))
+    assert torch.allclose(traversal, torch.stack(expected), rtol=0, atol=1e-6)
+    # the rows meet at offset 0 (images 2, 7 and 12, the middle of each row) and differ away from it
+    at_center = traversal[[2, 7, 12]]
+    assert (at_center - at_center[0]).abs().max() < 1e-6 and (traversal[0] - traversal[5]).abs().max() > 1e-3

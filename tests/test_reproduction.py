@@ -1,13 +1,15 @@
+import dataclasses
 import json
 import subprocess
 import sys
 
 import pytest
 from conftest import ROOT
+from mnist import main as train_and_evaluate
 
-from pyro_iwae import reproduction
-from pyro_iwae.experiment import ExperimentConfig
-from pyro_iwae.reproduction import Cell, format_table, grid, run_grid
+from pyro_iwae.experiments import grid as grid_module
+from pyro_iwae.experiments.config import RunConfig
+from pyro_iwae.experiments.grid import Cell, format_table, grid, run_grid
 
 
 def test_grid_has_twelve_cells_and_trains_ten_models():
@@ -61,16 +63,16 @@ def test_gradient_estimators_get_their_own_columns_and_runs():
 
 def test_the_previous_runs_config_fills_in_fields_added_since(tmp_path):
     """A run made before --prior and --guide existed is still a finished standard-normal, Gaussian-guide run."""
-    config = ExperimentConfig(out=str(tmp_path))
+    config = RunConfig(out=str(tmp_path))
     old_config = {k: v for k, v in config.__dict__.items() if k not in ("prior", "guide")}
     (tmp_path / "metrics.json").write_text(json.dumps({"config": old_config}))
-    assert reproduction._finished(tmp_path, config) is not None
-    assert reproduction._finished(tmp_path, ExperimentConfig(out=str(tmp_path), prior="vamp")) is None
+    assert grid_module._finished(tmp_path, config) is not None
+    assert grid_module._finished(tmp_path, RunConfig(out=str(tmp_path), prior="vamp")) is None
 
 
 @pytest.fixture
 def tiny(data_dir):
-    return ExperimentConfig(
+    return RunConfig(
         data_dir=str(data_dir),
         epochs=1,
         train_size=200,
@@ -88,28 +90,26 @@ class Crash(Exception):
 def test_an_interrupted_grid_resumes(tmp_path, tiny, monkeypatch):
     cells = grid(["elbo", "iwae"], [2], [1], [0])
     calls, crash_pending = [], [True]
-    real_run = reproduction.run
 
     def interrupted_on_second_run(config):
         calls.append((config.objective, config.resume))
         if len(calls) == 2 and crash_pending:
             crash_pending.pop()
             raise Crash
-        return real_run(config)
+        return train_and_evaluate(config)
 
-    monkeypatch.setattr(reproduction, "run", interrupted_on_second_run)
     with pytest.raises(Crash):
-        run_grid(cells, tiny, tmp_path)
+        run_grid(cells, tiny, tmp_path, interrupted_on_second_run)
     assert (tmp_path / "elbo-k2-1layer-seed0" / "metrics.json").exists()
 
     calls.clear()
-    results = run_grid(cells, tiny, tmp_path)
+    results = run_grid(cells, tiny, tmp_path, interrupted_on_second_run)
     assert calls == [("iwae", False)]  # the finished VAE is skipped
-    assert [m["objective"] for m in results.values()] == ["elbo", "iwae"]
+    assert [m["config"]["objective"] for m in results.values()] == ["elbo", "iwae"]
 
     # more epochs: both resume from their checkpoints instead of starting afresh
     calls.clear()
-    longer = run_grid(cells, ExperimentConfig(**{**tiny.__dict__, "epochs": 2}), tmp_path)
+    longer = run_grid(cells, dataclasses.replace(tiny, epochs=2), tmp_path, interrupted_on_second_run)
     assert calls == [("elbo", True), ("iwae", True)]
     assert [m["epochs"] for m in longer.values()] == [2, 2]
 
@@ -148,6 +148,6 @@ def test_the_script_writes_table_results_and_pictures(tmp_path, data_dir, datase
     assert "| 5 |" in table and all(n in table for n in paper_numbers) and "Command: `python examples" in table
     assert f"on {dataset}" in table
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert [(r["cell"]["objective"], r["particles"]) for r in runs] == [("elbo", 5), ("iwae", 5)]
+    assert [(r["cell"]["objective"], r["config"]["particles"]) for r in runs] == [("elbo", 5), ("iwae", 5)]
     for name in ("nll_vs_k.png", "training_curves.png", "reconstructions_k5_1layer.png", "traversal_k5_1layer.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name

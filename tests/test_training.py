@@ -6,17 +6,11 @@ import pytest
 import torch
 
 from pyro_iwae.atomic import atomic_open
+from pyro_iwae.checkpoints import CheckpointError, RunDirectory
 from pyro_iwae.importance import DataPlateError
 from pyro_iwae.models import VAE
 from pyro_iwae.objectives import make_objective
-from pyro_iwae.training import (
-    CheckpointError,
-    TrainingError,
-    burda_learning_rates,
-    learning_rates,
-    make_optimizer,
-    train,
-)
+from pyro_iwae.training import SCHEDULES, TrainingError, burda_learning_rates, make_optimizer, train
 
 
 def test_burda_schedule():
@@ -26,23 +20,18 @@ def test_burda_schedule():
     assert rates[0] == 1e-3 and rates[1] == pytest.approx(1e-3 * 10 ** (-1 / 7))
     assert rates[3] == rates[1] and rates[4] == pytest.approx(1e-3 * 10 ** (-2 / 7))
     assert rates[-1] == pytest.approx(1e-4) and rates[-(3**7)] == rates[-1] and rates[-(3**7) - 1] > rates[-1]
-    assert learning_rates("burda", 1e-3, 4) == rates[:4]
-    assert learning_rates("burda", 1e-3, None) == rates
-    assert learning_rates("constant", 3e-4, 3) == [3e-4] * 3
+    assert SCHEDULES["burda"](1e-3, 4) == rates[:4]
+    assert SCHEDULES["burda"](1e-3, None) == rates
+    assert SCHEDULES["constant"](3e-4, 3) == [3e-4] * 3
 
 
 @pytest.mark.parametrize(
     "schedule, epochs, message",
-    [
-        ("constant", None, "needs a number of epochs"),
-        ("constant", -1, "at least 0"),
-        ("burda", 4000, "has 3280 epochs"),
-        ("cosine", 3, "unknown schedule 'cosine'"),
-    ],
+    [("constant", None, "needs a number of epochs"), ("burda", 4000, "has 3280 epochs")],
 )
 def test_bad_schedules(schedule, epochs, message):
     with pytest.raises(ValueError, match=message):
-        learning_rates(schedule, 1e-3, epochs)
+        SCHEDULES[schedule](1e-3, epochs)
 
 
 def images(num=60):
@@ -51,19 +40,16 @@ def images(num=60):
     return (0.05 + 0.9 * prototypes).repeat(num // 3, 1)
 
 
-def fit(epochs, checkpoint_path=None, resume=False, objective=None, config=None, lr=1e-3):
+def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3):
     torch.manual_seed(0)
     vae = VAE()
     history = train(
         vae,
-        vae.model,
-        vae.guide,
         objective or make_objective("iwae", 3),
         images(),
         [lr] * epochs,
         batch_size=20,
-        checkpoint_path=checkpoint_path,
-        config=config or {"k": 3},
+        run=None if run_dir is None else RunDirectory(run_dir, config or {"k": 3}),
         resume=resume,
         progress=False,
     )
@@ -72,8 +58,8 @@ def fit(epochs, checkpoint_path=None, resume=False, objective=None, config=None,
 
 def test_resume_continues_exactly(tmp_path):
     straight, straight_history = fit(3)
-    fit(2, tmp_path / "checkpoint.pt")
-    resumed, resumed_history = fit(3, tmp_path / "checkpoint.pt", resume=True)
+    fit(2, tmp_path)
+    resumed, resumed_history = fit(3, tmp_path, resume=True)
     assert [row["loss"] for row in resumed_history] == [row["loss"] for row in straight_history]
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
@@ -89,11 +75,11 @@ def test_training_lowers_the_loss():
 
 
 def test_resume_refuses_another_configuration(tmp_path):
-    fit(1, tmp_path / "checkpoint.pt", config={"k": 3, "layers": 1})
+    fit(1, tmp_path, config={"k": 3, "layers": 1})
     with pytest.raises(CheckpointError, match="k 3 there, 5 here"):
-        fit(2, tmp_path / "checkpoint.pt", resume=True, config={"k": 5, "layers": 1})
-    with pytest.raises(CheckpointError, match="no checkpoint at .*nothing.pt"):
-        fit(2, tmp_path / "nothing.pt", resume=True)
+        fit(2, tmp_path, resume=True, config={"k": 5, "layers": 1})
+    with pytest.raises(CheckpointError, match="no checkpoint at .*nothing/checkpoint.pt"):
+        fit(2, tmp_path / "nothing", resume=True)
 
 
 class NaNAfter:
@@ -109,10 +95,9 @@ class NaNAfter:
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
-    checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(TrainingError, match="nan at epoch 2, step 2.*after epoch 1.*Lower --lr"):
-        fit(3, checkpoint, objective=NaNAfter(make_objective("iwae", 3), step=5))  # 3 steps an epoch
-    assert len(torch.load(checkpoint, weights_only=False)["history"]) == 1
+        fit(3, tmp_path, objective=NaNAfter(make_objective("iwae", 3), step=5))  # 3 steps an epoch
+    assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["history"]) == 1
 
 
 def test_a_model_with_a_global_latent_is_refused_before_training():
@@ -124,9 +109,10 @@ def test_a_model_with_a_global_latent_is_refused_before_training():
     def guide(x):
         pyro.sample("scale", dist.LogNormal(0.0, 1.0))
 
-    module = torch.nn.Linear(1, 1)
+    module = torch.nn.Linear(1, 1)  # train() needs parameters, and the model and guide as attributes
+    module.model, module.guide = model, guide
     with pytest.raises(DataPlateError, match="'scale' is outside"):
-        train(module, model, guide, make_objective("iwae", 3), images(), [1e-3], progress=False)
+        train(module, make_objective("iwae", 3), images(), [1e-3], progress=False)
 
 
 def test_atomic_writes_leave_the_old_file_on_a_crash(tmp_path):
@@ -147,7 +133,7 @@ def test_images_outside_the_unit_interval_are_refused():
     with pytest.raises(
         ValueError, match=r"intensities in \[0, 1\].*values in \[12.75, 242.25\].*divide 8-bit images by 255"
     ):
-        train(vae, vae.model, vae.guide, make_objective("iwae", 2), images() * 255, [1e-3], progress=False)
+        train(vae, make_objective("iwae", 2), images() * 255, [1e-3], progress=False)
 
 
 def test_optimizer_is_adam_with_the_papers_settings():

@@ -1,6 +1,7 @@
 """
 The grid of Burda et al. (2016), Table 1: objective x k x layers, trained and
-scored with :func:`pyro_iwae.experiment.run`, laid out as the paper lays it out.
+scored by a function of one :class:`~pyro_iwae.experiments.config.RunConfig` (``main`` of
+``examples/mnist.py``), laid out as the paper lays it out.
 
 Each cell is one run directory. A cell whose ``metrics.json`` matches the
 requested configuration is skipped, and one with a checkpoint resumes from it,
@@ -16,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -25,7 +26,10 @@ from tqdm.auto import tqdm
 
 from pyro_iwae import plots
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.experiment import ExperimentConfig, load_model, read_history, run, write_json
+from pyro_iwae.checkpoints import load_model, read_history
+from pyro_iwae.experiments.config import RunConfig
+from pyro_iwae.experiments.outputs import write_json
+from pyro_iwae.objectives import OBJECTIVES
 
 #: test NLL in nats: {(dataset, layers, objective): {k: nll}}; Burda et al. (2016) Table 1, and appendix D
 #: for the fixed binarization (which reports the one-layer IWAE only)
@@ -36,9 +40,8 @@ PAPER_NLL = {
     ("mnist", 2, "iwae"): {1: 85.33, 5: 83.89, 50: 82.90},
     ("binarized-mnist", 1, "iwae"): {1: 88.71, 5: 87.63, 50: 87.10},
 }
-NAMES = {"elbo": "VAE", "iwae": "IWAE", "iwae-stl": "IWAE-STL", "iwae-dreg": "IWAE-DReG"}
 #: one colour per objective, the same in every plot of the grid
-COLORS = {objective: f"C{i}" for i, objective in enumerate(NAMES)}
+COLORS = {objective: f"C{i}" for i, objective in enumerate(OBJECTIVES)}
 #: the objectives of Burda et al.'s Table 1, the grid's default
 TABLE_OBJECTIVES = ("elbo", "iwae")
 #: fields that may differ between the requested configuration and a finished cell
@@ -71,24 +74,25 @@ def grid(
     return [Cell(o, k, n, s) for s in seeds for n in layers for k in sorted(particles) for o in objectives]
 
 
-def _finished(out: Path, config: ExperimentConfig) -> dict | None:
+def _finished(out: Path, config: RunConfig) -> dict | None:
     metrics_path = out / "metrics.json"
     if not metrics_path.exists():
         return None
     metrics = json.loads(metrics_path.read_text())
     wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUN_ONLY_FIELDS}
-    # a field added to ExperimentConfig after the run was made has its default there
-    done_config = {**dataclasses.asdict(ExperimentConfig()), **metrics["config"]}
+    # a field added to RunConfig after the run was made has its default there
+    done_config = {**dataclasses.asdict(RunConfig()), **metrics["config"]}
     done = {k: v for k, v in done_config.items() if k not in RUN_ONLY_FIELDS}
     return metrics if done == wanted else None
 
 
-def run_grid(cells: list[Cell], base: ExperimentConfig, out: str | Path) -> dict[Cell, dict]:
+def run_grid(cells: list[Cell], base: RunConfig, out: str | Path, run: Callable[[RunConfig], dict]) -> dict[Cell, dict]:
     """
     Train and evaluate every cell (skipping finished ones, resuming interrupted
     ones) under ``out/<cell name>/``, with an overall progress bar.
 
     :param base: the configuration shared by every cell (dataset, budget, evaluation).
+    :param run: trains and scores the model of one configuration, and returns its metrics.
     :returns: each cell's metrics.
     """
     out = Path(out)
@@ -126,10 +130,10 @@ def format_table(results: dict[Cell, dict], dataset: str) -> str:
     test NLL and active units, with the paper's NLL beside ours for the objectives of its Table 1.
     """
     cells = list(results)
-    objectives = [o for o in NAMES if any(c.objective == o for c in cells)]
+    objectives = [o for o in OBJECTIVES if any(c.objective == o for c in cells)]
     header = ["layers", "k"]
     for o in objectives:
-        header += [f"{NAMES[o]}: NLL"] + ["paper"] * (o in TABLE_OBJECTIVES) + ["active units"]
+        header += [f"{OBJECTIVES[o].label}: NLL"] + ["paper"] * (o in TABLE_OBJECTIVES) + ["active units"]
     rows = []
     for n in sorted({c.layers for c in cells}):
         for k in sorted({c.particles for c in cells}):
@@ -151,15 +155,17 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
     """The budget behind the table: epochs, updates, wall time, device, evaluation."""
     runs = {json.dumps(m["config"], sort_keys=True): m for m in results.values()}.values()
     first = next(iter(runs))
-    updates = first["epochs"] * -(-first["train_size"] // first["batch_size"])
+    batch_size = first["config"]["batch_size"]
+    updates = first["epochs"] * -(-first["train_size"] // batch_size)
     hours = sum(m["train_seconds"] + m["eval_seconds"] for m in runs) / 3600
     seeds = sorted({c.seed for c in results})
     return (
         f"Test negative log-likelihood (nats, lower is better) on {dataset}, estimated with K ="
-        f" {first['eval_particles']} importance samples per image on the first {first['test_size']} test images"
+        f" {first['config']['eval_particles']} importance samples per image on the first {first['test_size']} test"
+        " images"
         f" (standard error over images ≈ {statistics.mean(m['test_log_likelihood_stderr'] for m in runs):.2f}"
         f" nats). Budget per model: {first['epochs']} epochs of {first['train_size']} images"
-        f" ({first['config']['schedule']} schedule, batch {first['batch_size']}, {updates} updates); the paper"
+        f" ({first['config']['schedule']} schedule, batch {batch_size}, {updates} updates); the paper"
         f" trains for 3280 epochs (3.3M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
         f" evaluation in all on {first['device']} (torch {first['torch_version']}, pyro {first['pyro_version']})."
         f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model.{_estimators_note(results)}"
@@ -192,7 +198,7 @@ def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> 
             if not ks:
                 continue
             nll = [statistics.mean(-m["test_log_likelihood"] for m in _seeds(results, objective, k, n)) for k in ks]
-            label = f"{NAMES[objective]}, {n} layer{'s' * (n > 1)}"
+            label = f"{OBJECTIVES[objective].label}, {n} layer{'s' * (n > 1)}"
             axes.plot(ks, nll, linestyle=linestyle, marker=marker, color=color, label=label)
             paper = PAPER_NLL.get((dataset, n, objective), {})
             if paper:
@@ -208,7 +214,7 @@ def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> 
 
 
 def _table_order(cell: Cell) -> tuple:
-    return list(NAMES).index(cell.objective), cell.particles, cell.seed
+    return list(OBJECTIVES).index(cell.objective), cell.particles, cell.seed
 
 
 def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str | Path) -> None:
@@ -228,7 +234,7 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
                 [row["loss"] for row in history],
                 styles.get(cell.particles, "-o"),
                 color=COLORS[cell.objective],
-                label=f"{NAMES[cell.objective]} k={cell.particles}" + f" seed {cell.seed}" * several_seeds,
+                label=f"{OBJECTIVES[cell.objective].label} k={cell.particles}" + f" seed {cell.seed}" * several_seeds,
             )
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_xlabel("epoch")

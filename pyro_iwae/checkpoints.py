@@ -1,0 +1,240 @@
+"""
+What a training run keeps on disk, written atomically so that a stop at any moment
+loses at most the epoch in progress:
+
+- ``checkpoint.pt``: everything :func:`~pyro_iwae.training.train` needs to go on as if
+  it had not stopped (weights, optimiser state, random number generators, history), and
+  the configuration it was trained with, which a resume must match;
+- ``history.csv``: one row per finished epoch;
+- ``weights/epoch-NNNN.pt``: the weights alone after chosen epochs (:func:`save_weights`),
+  a few MB each, to score the approach to the final model later.
+
+:func:`load_model` reads any of these back as a :class:`~pyro_iwae.models.VAE`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import pyro.util
+import torch
+from torch import nn
+
+from pyro_iwae.atomic import atomic_open
+from pyro_iwae.models import ARCHITECTURES, VAE
+
+#: the columns of ``history.csv``, and their types
+HISTORY_FIELDS = {"epoch": int, "lr": float, "loss": float, "seconds": float}
+#: the fields of a training configuration that shape the :class:`VAE`, and their defaults for older checkpoints
+ARCHITECTURE_FIELDS = {"layers": None, "prior": "normal", "guide": "normal"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or belongs to another configuration."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    with atomic_open(path) as f:
+        torch.save(state, f)
+
+
+def save_weights(path: str | os.PathLike, module: nn.Module, config: dict, epoch: int) -> None:
+    """
+    The module's state dict alone (no optimiser state: a few MB), with the ``config``
+    it was trained with and its ``epoch``, written atomically to ``path``.
+    """
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, dict(config=config, epoch=epoch, module=module.state_dict()))
+
+
+def is_snapshot_epoch(epoch: int, every: int) -> bool:
+    """
+    Epochs 0 to 9, then every 10th to 90, every 100th to 900, and so on, but at least every
+    ``every`` epochs: about 9 per decade, evenly spread on a log scale, for a training curve.
+    """
+    return epoch == 0 or epoch % min(every, 10 ** int(math.log10(epoch))) == 0
+
+
+def write_history(path: str | os.PathLike, history: list[dict]) -> None:
+    """``history.csv``: one row per epoch, the fields of :data:`HISTORY_FIELDS`."""
+    with atomic_open(path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(HISTORY_FIELDS))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def read_history(path: str | os.PathLike) -> list[dict]:
+    """The rows :func:`write_history` wrote, with their types."""
+    with open(path, newline="") as f:
+        return [{name: HISTORY_FIELDS[name](value) for name, value in row.items()} for row in csv.DictReader(f)]
+
+
+class RunDirectory:
+    """
+    The files of one training run in ``path``: its checkpoint, history and weight snapshots.
+
+    :param config: what the run depends on (JSON-like values); the checkpoint records it and
+        :meth:`restore` refuses a checkpoint whose configuration differs.
+    :param snapshot_every: keep the weights after the epochs that :func:`is_snapshot_epoch` picks and
+        after the last one, in ``weights/`` (default: no snapshots).
+    """
+
+    def __init__(self, path: str | os.PathLike, config: dict, snapshot_every: int | None = None) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.snapshot_every = snapshot_every
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.path / "checkpoint.pt"
+
+    def save(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        data_generator: torch.Generator,
+        history: list[dict],
+        num_epochs: int,
+    ) -> None:
+        """
+        After an epoch: the checkpoint, a snapshot of the weights if this epoch is one
+        (``num_epochs`` is the length of the whole schedule), then ``history.csv``.
+        """
+        state = dict(
+            config=self.config,
+            module=module.state_dict(),
+            optimizer=optimizer.state_dict(),
+            data_generator=data_generator.get_state(),
+            rng=pyro.util.get_rng_state(),
+            history=history,
+        )
+        save_checkpoint(self.checkpoint_path, state)
+        epoch = len(history)
+        if self.snapshot_every is not None and (is_snapshot_epoch(epoch, self.snapshot_every) or epoch == num_epochs):
+            self.save_snapshot(module, epoch)
+        write_history(self.path / "history.csv", history)
+
+    def save_snapshot(self, module: nn.Module, epoch: int) -> None:
+        """``weights/epoch-NNNN.pt``, if this run keeps snapshots."""
+        if self.snapshot_every is not None:
+            save_weights(self.path / "weights" / f"epoch-{epoch:04d}.pt", module, self.config, epoch)
+
+    def restore(
+        self, module: nn.Module, optimizer: torch.optim.Optimizer, data_generator: torch.Generator
+    ) -> list[dict]:
+        """
+        Load the checkpoint into ``module``, ``optimizer``, ``data_generator`` and Pyro's
+        random number generators.
+
+        :returns: the history of the epochs it holds.
+        :raises CheckpointError: if there is none, or it was written with another configuration.
+        """
+        if not self.checkpoint_path.exists():
+            raise CheckpointError(
+                f"no checkpoint at {self.checkpoint_path} to resume from: run without --resume to start afresh"
+            )
+        state = torch.load(self.checkpoint_path, map_location=_device_of(module), weights_only=False)
+        differences = [
+            f"{key} {state['config'].get(key)!r} there, {value!r} here"
+            for key, value in self.config.items()
+            if state["config"].get(key) != value
+        ]
+        if differences:
+            raise CheckpointError(
+                f"the checkpoint {self.checkpoint_path} was written by another configuration"
+                f" ({'; '.join(differences)}): resume with the same flags, or write to another --out"
+            )
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        data_generator.set_state(state["data_generator"])
+        pyro.util.set_rng_state(state["rng"])
+        return state["history"]
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+class StoredWeights(NamedTuple):
+    """What :func:`read_weights` found in a file."""
+
+    #: the file read (a run directory's ``checkpoint.pt``)
+    path: Path
+    #: the training configuration it was written with
+    config: dict
+    #: the epochs trained
+    epoch: int
+    #: the :class:`VAE`'s state dict
+    module: dict
+
+    def model(self, device: torch.device | str = "cpu") -> VAE:
+        """
+        The :class:`VAE` that ``config`` describes (layers, prior, guide), with these weights.
+
+        :raises CheckpointError: if the config has no number of layers, or the weights do not fit.
+        """
+        layers, prior, guide = (self.config.get(key, default) for key, default in ARCHITECTURE_FIELDS.items())
+        if layers not in ARCHITECTURES:
+            raise CheckpointError(
+                f"{self.path} records no usable number of layers in its config ({layers!r}): it was not written"
+                " by examples/mnist.py; build the VAE yourself and load_state_dict(...['module'])"
+            )
+        try:
+            vae = VAE(*ARCHITECTURES[layers], prior=prior, guide=guide)
+            vae.load_state_dict(self.module)
+        except (RuntimeError, ValueError) as error:
+            raise CheckpointError(
+                f"the weights in {self.path} do not fit the VAE its config describes (layers {layers}, prior"
+                f" {prior!r}, guide {guide!r}): {error}"
+            ) from error
+        return vae.to(device)
+
+
+def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") -> StoredWeights:
+    """
+    The weights stored at ``path``: a run directory (its ``checkpoint.pt``), a checkpoint,
+    or a weights file written by :func:`save_weights` (the ``weights/epoch-NNNN.pt`` snapshots).
+
+    :raises CheckpointError: if there is no such file, or it is none of these.
+    """
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "checkpoint.pt").is_file():
+            raise CheckpointError(f"{path} is a directory without a checkpoint.pt: not a run directory")
+        path = path / "checkpoint.pt"
+    elif not path.is_file():
+        raise CheckpointError(f"no such run directory, checkpoint or weights file: {path}")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:  # torch.load raises whatever its unpickler or zip reader does
+        raise CheckpointError(
+            f"{path} is not a checkpoint or weights file written by pyro_iwae ({type(error).__name__}: {error})"
+        ) from error
+    if not isinstance(state, dict) or not {"config", "module"} <= state.keys() or not isinstance(state["config"], dict):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is neither a checkpoint (keys config, module, optimizer, history, ...) nor a weights file"
+            f" (keys config, epoch, module): it holds {found}"
+        )
+    epoch = state["epoch"] if "epoch" in state else len(state.get("history", []))
+    return StoredWeights(path, state["config"], epoch, state["module"])
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
+    """
+    The trained :class:`VAE` stored at ``path``: a run directory (its ``checkpoint.pt``),
+    a checkpoint, or a weights file written by :func:`save_weights`, built from the
+    configuration stored with the weights (layers, prior, guide)::
+
+        vae = load_model("runs/mnist-iwae-k5-1layer/weights/epoch-0100.pt")
+        log_likelihood(vae.model, vae.guide, images, num_particles=5000)
+
+    :raises CheckpointError: if there is no such file, it is none of these, or its weights do not fit
+        the VAE its configuration describes.
+    """
+    return read_weights(path, device).model(device)

@@ -1,0 +1,256 @@
+"""
+One definition of what a run depends on: :class:`RunConfig`. Its fields are the flags
+of the example scripts (:meth:`RunConfig.add_arguments`), their defaults and checks, the
+configuration a checkpoint must match to be resumed (:meth:`RunConfig.training_config`),
+and the ``config`` recorded in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+
+from pyro_iwae.data import DATA_DIR_ENV, DATASETS
+from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
+from pyro_iwae.objectives import OBJECTIVES
+from pyro_iwae.training import SCHEDULES
+
+#: ``--device`` choices, resolved by :func:`resolve_device`
+DEVICES = ("auto", "cpu", "cuda")
+#: epochs of ``--schedule constant`` when ``--epochs`` is not given
+CONSTANT_SCHEDULE_EPOCHS = 10
+#: the pictures show this many test images
+PICTURE_IMAGES = 32
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot run."""
+
+
+def option(
+    default, help: str, *flags: str, checkpointed: bool = False, minimum: float | None = None, **argparse_kwargs
+):
+    """
+    A :class:`RunConfig` field and its command-line flag.
+
+    :param flags: the flag's names (default: ``--field-name``; ``--no-field-name`` for a field that is on by default).
+    :param checkpointed: a checkpoint records the field, and only a run with the same value may resume it.
+    :param minimum: the smallest value allowed (``None`` is always allowed).
+    :param argparse_kwargs: ``type``, ``choices``: passed to ``add_argument``.
+    """
+    metadata = dict(help=help, flags=flags, checkpointed=checkpointed, minimum=minimum, argparse=argparse_kwargs)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run of ``examples/mnist.py`` depends on, with the defaults of its flags."""
+
+    objective: str = option(
+        "iwae",
+        "elbo: the VAE bound (Trace_ELBO); iwae: the k-sample importance weighted bound (RenyiELBO, alpha=0);"
+        " iwae-stl, iwae-dreg: the same bound with the sticking-the-landing or the doubly reparameterized"
+        " gradient for the guide",
+        checkpointed=True,
+        choices=list(OBJECTIVES),
+    )
+    particles: int = option(
+        5,
+        "samples k per data point in the training objective",
+        "--particles",
+        "-k",
+        checkpointed=True,
+        minimum=1,
+        type=int,
+    )
+    layers: int = option(
+        1,
+        "stochastic layers: 1 (x-200-200-z50) or 2 (x-200-200-h100-100-100-h50)",
+        checkpointed=True,
+        type=int,
+        choices=sorted(ARCHITECTURES),
+    )
+    prior: str = option(
+        "normal",
+        "prior over the top latent layer: N(0, I), a learned diagonal Gaussian, a mixture of 10 Gaussians,"
+        " or the VampPrior with 500 pseudo-inputs",
+        checkpointed=True,
+        choices=list(PRIORS),
+    )
+    guide: str = option(
+        "normal",
+        "guide for each stochastic layer: a diagonal Gaussian, or one followed by 2 inverse autoregressive flows",
+        checkpointed=True,
+        choices=list(GUIDES),
+    )
+    dataset: str = option(
+        "mnist",
+        "mnist and fashion-mnist are binarized dynamically; binarized-mnist is the fixed binarization of"
+        " Larochelle & Murray",
+        checkpointed=True,
+        choices=list(DATASETS),
+    )
+    data_dir: str | None = option(
+        None, f"directory in torchvision's layout (MNIST/raw/...); default ${DATA_DIR_ENV}, else ./data"
+    )
+    epochs: int | None = option(
+        None,
+        f"passes over the training set ({CONSTANT_SCHEDULE_EPOCHS} with --schedule constant, all 3280 with --schedule"
+        " burda; with burda, a number truncates the schedule)",
+        minimum=0,
+        type=int,
+    )
+    schedule: str = option(
+        "constant",
+        "constant: --lr throughout; burda: lr*10^(-i/7) for 3^i epochs, i=0..7",
+        checkpointed=True,
+        choices=list(SCHEDULES),
+    )
+    batch_size: int = option(20, "images per step, 20 as in the paper", checkpointed=True, minimum=1, type=int)
+    lr: float = option(1e-3, "Adam learning rate", checkpointed=True, type=float)
+    eval_particles: int = option(5000, "importance samples K per test image for log p(x)", minimum=1, type=int)
+    eval_batch_size: int = option(100, "test images per evaluation pass", minimum=1, type=int)
+    train_size: int | None = option(
+        None, "use the first N training images (default: all)", checkpointed=True, minimum=1, type=int
+    )
+    test_size: int | None = option(None, "use the first N test images (default: all)", minimum=1, type=int)
+    device: str = option("auto", "auto: CUDA where there is a GPU, else the CPU", choices=list(DEVICES))
+    seed: int = option(0, "seeds the initial weights, the batches and the samples", checkpointed=True, type=int)
+    out: str | None = option(
+        None,
+        "output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer[-<prior>-prior]"
+        "[-<guide>-guide])",
+    )
+    resume: bool = option(False, "continue from the checkpoint in --out")
+    snapshot_every: int | None = option(
+        None,
+        "keep the weights in OUT/weights/ after epochs 0-9, 10-90 in tens, ..., at least every N epochs, and the"
+        " last, for a training curve (default: off)",
+        minimum=1,
+        type=int,
+    )
+    plots: bool = option(True, "do not write the PNG pictures")
+    progress: bool = option(True, "do not show progress bars")
+    validate: bool = option(False, "turn on Pyro's distribution validation (slower; off by default for speed)")
+
+    def __post_init__(self) -> None:
+        for spec in dataclasses.fields(self):
+            value, choices = getattr(self, spec.name), spec.metadata["argparse"].get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{flag(spec)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+            if spec.metadata["minimum"] is not None and value is not None and value < spec.metadata["minimum"]:
+                raise ConfigError(f"{flag(spec)} must be at least {spec.metadata['minimum']}, got {value}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.epochs is None and self.schedule == "constant":
+            self.epochs = CONSTANT_SCHEDULE_EPOCHS
+        if self.train_size is not None and self.batch_size > self.train_size:
+            raise ConfigError(
+                f"--batch-size {self.batch_size} is more than the {self.train_size} training images: lower it,"
+                " or raise --train-size"
+            )
+        if self.plots and self.test_size is not None and self.test_size < PICTURE_IMAGES:
+            raise ConfigError(
+                f"the pictures need at least {PICTURE_IMAGES} test images, got --test-size {self.test_size}:"
+                " raise it or pass --no-plots"
+            )
+        try:
+            self.learning_rates()
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
+        if self.out is None:
+            self.out = self.default_out()
+
+    def default_out(self) -> str:
+        """``runs/<dataset>-<objective>-k<particles>-<layers>layer``, then ``-<prior>-prior`` and
+        ``-<guide>-guide`` where they are not the default."""
+        out = f"runs/{self.dataset}-{self.objective}-k{self.particles}-{self.layers}layer"
+        if self.prior != "normal":
+            out += f"-{self.prior}-prior"
+        if self.guide != "normal":
+            out += f"-{self.guide}-guide"
+        return out
+
+    def learning_rates(self) -> list[float]:
+        """One learning rate per epoch (:data:`~pyro_iwae.training.SCHEDULES`)."""
+        return SCHEDULES[self.schedule](self.lr, self.epochs)
+
+    def training_config(self) -> dict:
+        """The fields a checkpoint records, which a run must share to resume it."""
+        return {
+            spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self) if spec.metadata["checkpointed"]
+        }
+
+    @property
+    def label(self) -> str:
+        """The model in a picture's title."""
+        return f"{self.objective} k={self.particles}, {self.layers} layer(s), {self.prior} prior, {self.guide} guide"
+
+    @classmethod
+    def add_arguments(
+        cls, parser: argparse.ArgumentParser, names: Iterable[str] | None = None, **defaults
+    ) -> argparse.ArgumentParser:
+        """
+        Add the flags of the fields ``names`` (default: all) to ``parser``.
+
+        :param defaults: defaults that differ from the fields' for this script.
+        """
+        specs = {spec.name: spec for spec in dataclasses.fields(cls)}
+        for name in specs if names is None else names:
+            spec = specs[name]
+            default = defaults.get(name, spec.default)
+            help_text = spec.metadata["help"]
+            if isinstance(default, bool):
+                action = "store_false" if default else "store_true"
+                parser.add_argument(flag(spec, default), dest=name, action=action, help=help_text)
+                continue
+            if "(default" not in help_text:
+                help_text += " (default: %(default)s)"
+            parser.add_argument(
+                *(spec.metadata["flags"] or [flag(spec)]),
+                dest=name,
+                default=default,
+                help=help_text,
+                **spec.metadata["argparse"],
+            )
+        return parser
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, names: Iterable[str] | None = None, **fields) -> RunConfig:
+        """The config of the parsed flags of the fields ``names`` (default: all), and ``fields``."""
+        names = [spec.name for spec in dataclasses.fields(cls)] if names is None else names
+        return cls(**{**{name: getattr(args, name) for name in names}, **fields})
+
+
+def command_line(values: dict, always: Iterable[str] = ("objective", "particles")) -> list[str]:
+    """
+    The flags that give a :class:`RunConfig` the ``values`` (its fields, as in ``metrics.json``):
+    those that differ from the defaults, and those named in ``always``; never ``--resume``.
+    """
+    flags = []
+    for spec in dataclasses.fields(RunConfig):
+        value = values.get(spec.name, spec.default)
+        if spec.name == "resume" or (value == spec.default and spec.name not in always):
+            continue
+        flags += [flag(spec, spec.default)] if isinstance(spec.default, bool) else [flag(spec), str(value)]
+    return flags
+
+
+def flag(spec: dataclasses.Field, default=None) -> str:
+    """A field's flag: ``--field-name``, or ``--no-field-name`` for a field that is on by default."""
+    if spec.metadata["flags"]:
+        return spec.metadata["flags"][0]
+    return ("--no-" if default is True else "--") + spec.name.replace("_", "-")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``"auto"`` is CUDA where available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU: use --device cpu or auto")
+    return torch.device(device)

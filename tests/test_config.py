@@ -1,0 +1,79 @@
+"""RunConfig: one definition serves the flags, the defaults, the checks and the checkpoint's configuration."""
+
+import argparse
+import dataclasses
+
+import pytest
+from mnist import parser as mnist_parser
+
+from pyro_iwae.experiments.config import ConfigError, RunConfig, command_line
+
+
+def parse(*flags: str) -> RunConfig:
+    return RunConfig.from_args(mnist_parser().parse_args(list(flags)))
+
+
+def test_the_flags_defaults_are_the_configs():
+    assert parse() == RunConfig()
+    assert (RunConfig().objective, RunConfig().particles, RunConfig().epochs) == ("iwae", 5, 10)
+    assert RunConfig().out == "runs/mnist-iwae-k5-1layer"
+    assert RunConfig(prior="vamp", guide="iaf", layers=2).out == "runs/mnist-iwae-k5-2layer-vamp-prior-iaf-guide"
+    assert len(RunConfig(schedule="burda").learning_rates()) == 3280
+
+
+def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
+    """A checkpoint records these keys, and a resume compares them: adding one would refuse every older run."""
+    assert RunConfig().training_config() == {
+        "objective": "iwae",
+        "particles": 5,
+        "layers": 1,
+        "prior": "normal",
+        "guide": "normal",
+        "dataset": "mnist",
+        "schedule": "constant",
+        "batch_size": 20,
+        "lr": 0.001,
+        "train_size": None,
+        "seed": 0,
+    }
+
+
+def test_command_line_gives_back_the_config():
+    config = RunConfig(
+        objective="elbo", particles=1, schedule="burda", train_size=500, snapshot_every=100, plots=False, out="x"
+    )
+    flags = command_line(dataclasses.asdict(config))
+    assert flags[:4] == ["--objective", "elbo", "--particles", "1"] and "--no-plots" in flags
+    assert parse(*flags) == config
+    assert command_line(dataclasses.asdict(RunConfig())) == [
+        "--objective",
+        "iwae",
+        "--particles",
+        "5",
+        "--epochs",
+        "10",
+        "--out",
+        "runs/mnist-iwae-k5-1layer",
+    ]
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (dict(particles=0), "--particles must be at least 1, got 0"),
+        (dict(objective="vae"), "--objective must be one of elbo, iwae, iwae-stl, iwae-dreg, got 'vae'"),
+        (dict(layers=3), "--layers must be one of 1, 2, got 3"),
+        (dict(schedule="burda", epochs=3281), "the burda schedule has 3280 epochs"),
+        (dict(train_size=10), "--batch-size 20 is more than the 10 training images"),
+        (dict(lr=-1e-3), "--lr must be positive"),
+    ],
+)
+def test_a_config_that_cannot_run_is_refused_where_it_is_made(fields, message):
+    with pytest.raises(ConfigError, match=message):
+        RunConfig(**fields)
+
+
+def test_a_script_can_share_some_flags_with_other_defaults():
+    parser = RunConfig.add_arguments(argparse.ArgumentParser(), ["schedule", "epochs", "progress"], schedule="burda")
+    config = RunConfig.from_args(parser.parse_args(["--no-progress"]), ["schedule", "epochs", "progress"])
+    assert (config.schedule, config.epochs, config.progress) == ("burda", None, False)
