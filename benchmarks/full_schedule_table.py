@@ -53,7 +53,7 @@ from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import StoredWeights, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import active_units
-from pyro_iwae.experiments.cli import at_least, run_main
+from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
 from pyro_iwae.experiments.grid import PAPER_NLL
 from pyro_iwae.experiments.outputs import write_json
@@ -623,4 +623,6 @@ def parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     keep_freed_memory()
-    run_main(main, parser())
+    p = parser()
+    with one_line_errors(p):
+        main(p.parse_args())

@@ -15,14 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import pyro
 
 from pyro_iwae.checkpoints import RunDirectory
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
-from pyro_iwae.experiments.cli import run_main
+from pyro_iwae.experiments.cli import one_line_errors
 from pyro_iwae.experiments.config import RunConfig, resolve_device
 from pyro_iwae.experiments.outputs import run_metrics, save_plots, write_json
 from pyro_iwae.fast import keep_freed_memory
@@ -34,7 +33,7 @@ from pyro_iwae.training import train
 def main(config: RunConfig) -> dict:
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
-    Path(config.out).mkdir(parents=True, exist_ok=True)
+    config.directory.mkdir(parents=True, exist_ok=True)
     pyro.enable_validation(config.validate)
 
     # the model p(x, z) and the guide q(z | x) of Burda et al. (2016), section 5
@@ -44,11 +43,13 @@ def main(config: RunConfig) -> dict:
         *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
     ).to(device)
 
-    # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0)
+    # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0),
+    # the latter with IWAE's gradient, or the STL or DReG estimator of it for the guide
+
     objective = make_objective(config.objective, config.particles)
 
     # Adam over the learning-rate schedule, with a checkpoint after every epoch
-    run = RunDirectory(config.out, config.training_config(), config.snapshot_every)
+    run = RunDirectory(config.directory, config.checkpointed_fields(), config.snapshot_every)
     history = train(
         vae,
         objective,
@@ -74,16 +75,14 @@ def main(config: RunConfig) -> dict:
         progress=config.progress,
     )
     eval_seconds = time.perf_counter() - start
+    active = active_units(vae.guide, test)
 
     metrics = run_metrics(
-        config, history, estimate, active_units(vae.guide, test), dataset.train.shape[0], eval_seconds, device
+        config, history, estimate, active, train_size=dataset.train.shape[0], eval_seconds=eval_seconds, device=device
     )
     write_json(run.path / "metrics.json", metrics)
     if config.plots:
         save_plots(vae, test, history, run.path, config.label)
-    summary = {key: metrics[key] for key in ("test_log_likelihood", "test_elbo", "active_units", "train_seconds")}
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {config.out}/")
     return metrics
 
 
@@ -94,4 +93,14 @@ def parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
-    run_main(main, parser(), RunConfig.from_args)
+    p = parser()
+    with one_line_errors(p):
+        config = RunConfig.from_args(p.parse_args())
+        metrics = main(config)
+    print(
+        json.dumps(
+            {key: metrics[key] for key in ("test_log_likelihood", "test_elbo", "active_units", "train_seconds")},
+            indent=2,
+        )
+    )
+    print(f"wrote {config.directory}/")

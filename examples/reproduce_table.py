@@ -18,11 +18,10 @@ import argparse
 import shlex
 import sys
 
-import pyro
 from mnist import main as train_and_evaluate  # this directory's examples/mnist.py
 
 from pyro_iwae.data import load_dataset
-from pyro_iwae.experiments.cli import at_least, run_main
+from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import RunConfig, resolve_device
 from pyro_iwae.experiments.grid import (
     TABLE_OBJECTIVES,
@@ -35,6 +34,7 @@ from pyro_iwae.experiments.grid import (
     write_table,
 )
 from pyro_iwae.fast import keep_freed_memory
+from pyro_iwae.models import ARCHITECTURES
 from pyro_iwae.objectives import OBJECTIVES
 
 #: the flags of examples/mnist.py that every cell of the grid shares
@@ -57,7 +57,7 @@ SHARED_FIELDS = (
 def main(args: argparse.Namespace) -> str:
     base = RunConfig.from_args(args, SHARED_FIELDS, plots=False)
     cells = grid(args.objectives, args.particles, args.layers, args.seeds)
-    results = run_grid(cells, base, args.out, run=train_and_evaluate)
+    results = run_grid(cells, base, args.out, train_and_evaluate)
 
     command = "python examples/reproduce_table.py " + shlex.join(sys.argv[1:])
     write_results(results, f"{args.out}/results.json")
@@ -66,7 +66,6 @@ def main(args: argparse.Namespace) -> str:
     plot_training_curves(results, args.out, f"{args.out}/training_curves.png")
     test = load_dataset(args.dataset, args.data_dir, test_size=args.test_size).test
     save_side_by_side(cells, test.to(resolve_device(args.device)), args.out)
-    print(table)
     return table
 
 
@@ -80,7 +79,7 @@ def parser() -> argparse.ArgumentParser:
         help="columns of the table; add iwae-stl iwae-dreg for the gradient estimators (default: %(default)s)",
     )
     p.add_argument("--particles", nargs="+", type=at_least(1), default=[1, 5, 50], help="values of k")
-    p.add_argument("--layers", nargs="+", type=int, choices=(1, 2), default=[1, 2])
+    p.add_argument("--layers", nargs="+", type=int, choices=sorted(ARCHITECTURES), default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one model per seed; the table shows mean ± sd")
     RunConfig.add_arguments(p, SHARED_FIELDS, schedule="burda")
     p.add_argument(
@@ -91,5 +90,6 @@ def parser() -> argparse.ArgumentParser:
 
 if __name__ == "__main__":
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
-    pyro.enable_validation(False)
-    run_main(main, parser())
+    p = parser()
+    with one_line_errors(p):
+        print(main(p.parse_args()))

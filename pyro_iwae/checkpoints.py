@@ -136,7 +136,7 @@ class RunDirectory:
         """
         if not self.checkpoint_path.exists():
             raise CheckpointError(
-                f"no checkpoint at {self.checkpoint_path} to resume from: run without --resume to start afresh"
+                f"no checkpoint at {self.checkpoint_path} to resume from: start afresh instead (without --resume)"
             )
         state = torch.load(self.checkpoint_path, map_location=_device_of(module), weights_only=False)
         differences = [
@@ -147,7 +147,7 @@ class RunDirectory:
         if differences:
             raise CheckpointError(
                 f"the checkpoint {self.checkpoint_path} was written by another configuration"
-                f" ({'; '.join(differences)}): resume with the same flags, or write to another --out"
+                f" ({'; '.join(differences)}): resume with the same configuration, or write to another directory"
             )
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
@@ -163,7 +163,7 @@ def _device_of(module: nn.Module) -> torch.device:
 class StoredWeights(NamedTuple):
     """What :func:`read_weights` found in a file."""
 
-    #: the file read (a run directory's ``checkpoint.pt``)
+    #: the file read: a checkpoint (a run directory's ``checkpoint.pt``) or a weights file
     path: Path
     #: the training configuration it was written with
     config: dict

@@ -157,6 +157,11 @@ def load_dataset(
     return Dataset(name, train[:train_size].float(), test[:test_size].float(), source.dynamic_binarization)
 
 
+def num_images(name: str, split: str) -> int:
+    """The number of ``split`` (``"train"`` or ``"test"``) images of dataset ``name``."""
+    return _SOURCES[name].files[split][1]
+
+
 def binarize(images: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
     """
     Draw every pixel once as Bernoulli(intensity) with a generator seeded with ``seed``:

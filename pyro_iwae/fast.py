@@ -7,6 +7,7 @@ here; read each as the stock piece it names.
 - :class:`Tanh`: ``nn.Tanh``.
 - :class:`BernoulliPixels`: ``dist.Bernoulli(logits=l).to_event(1)``.
 - :class:`DiagonalNormal`: ``dist.Normal(loc, scale).to_event(1)``.
+- :class:`DiagonalNormalMixture`: ``MixtureSameFamily`` of diagonal Gaussians, kept for memory.
 - :func:`keep_freed_memory`: glibc's ``malloc`` tunables ``trim_threshold`` and ``mmap_threshold``,
   a process-wide setting that a script makes once, in its ``__main__``.
 """
@@ -164,6 +165,74 @@ class DiagonalNormal(TorchDistribution):
             self._validate_sample(value)
         log_normalizer = self.scale.log().sum(-1) + 0.5 * self.event_shape[0] * math.log(2 * math.pi)
         return -0.5 * ((value - self.loc) / self.scale).pow(2).sum(-1) - log_normalizer
+
+
+class DiagonalNormalMixture(TorchDistribution):
+    """
+    A mixture of ``num_components`` diagonal Gaussians in ``dim`` dimensions;
+    ``event_shape == [dim]``::
+
+        log p(z) = logsumexp_j [ log pi_j + sum_d log N(z_d; loc_jd, scale_jd) ]
+
+    ``MixtureSameFamily(Categorical(logits=mixture_logits), Normal(loc, scale).to_event(1))``,
+    whose ``log_prob`` forms an ``[N, num_components, dim]`` tensor for ``N`` points: here the
+    squared distances to all components are formed with two matrix products
+    (``[N, dim] @ [dim, num_components]``), so a VampPrior with 500 components fits in the
+    evaluator's memory.
+
+    :param mixture_logits: ``[num_components]`` unnormalized log weights ``log pi``.
+    :param loc: ``[num_components, dim]``.
+    :param scale: ``[num_components, dim]``, positive.
+    """
+
+    arg_constraints = {
+        "mixture_logits": constraints.real_vector,
+        "loc": constraints.independent(constraints.real, 2),
+        "scale": constraints.independent(constraints.positive, 2),
+    }
+    support = constraints.real_vector
+
+    def __init__(
+        self, mixture_logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None
+    ) -> None:
+        if loc.dim() != 2 or loc.shape != scale.shape or mixture_logits.shape != loc.shape[:1]:
+            raise ValueError(
+                "DiagonalNormalMixture needs mixture_logits [num_components] and loc, scale [num_components, dim],"
+                f" got {tuple(mixture_logits.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
+            )
+        self.mixture_logits, self.loc, self.scale = mixture_logits, loc, scale
+        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
+
+    def expand(self, batch_shape: torch.Size, _instance: DiagonalNormalMixture | None = None) -> DiagonalNormalMixture:
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        new.mixture_logits, new.loc, new.scale = self.mixture_logits, self.loc, self.scale
+        super(DiagonalNormalMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)[:-1]
+        with torch.no_grad():
+            component = torch.distributions.Categorical(logits=self.mixture_logits).sample(shape)
+            return torch.normal(self.loc[component], self.scale[component])
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """
+        :param value: ``[..., dim]``.
+        :returns: ``[...]`` broadcast with the batch shape.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
+        precision = self.scale.pow(-2)  # [num_components, dim]
+        # sum_d (z_d - loc_jd)^2 / scale_jd^2, expanded: z^2 . precision - 2 z . loc*precision + loc^2 . precision
+        squared_distance = (
+            value.pow(2) @ precision.T - 2 * value @ (self.loc * precision).T + (self.loc.pow(2) * precision).sum(-1)
+        )
+        log_normal = (
+            -0.5 * squared_distance - self.scale.log().sum(-1) - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
+        )
+        log_prob = torch.logsumexp(log_normal + self.mixture_logits.log_softmax(-1), -1)
+        return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
 
 
 #: ``mallopt`` parameters, from glibc's ``malloc.h``

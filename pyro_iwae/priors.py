@@ -6,21 +6,19 @@ A prior's ``forward()`` returns a Pyro distribution with event shape
 :class:`~pyro_iwae.models.VAE` samples ``z_L`` from it. Any module that keeps this
 contract can be passed as ``VAE(..., prior=module)``. Every prior here has an
 exact log-density, so the evaluator's ``log p(x)`` stays exact; the mixtures'
-is :class:`DiagonalNormalMixture`'s.
+is :class:`~pyro_iwae.fast.DiagonalNormalMixture`'s.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.distributions import TorchDistribution, constraints
 from torch import nn
 
-from pyro_iwae.fast import DiagonalNormal
+from pyro_iwae.fast import DiagonalNormal, DiagonalNormalMixture
 from pyro_iwae.networks import GaussianLayer
 
 
@@ -95,70 +93,3 @@ class VampPrior(nn.Module):
             inputs, _ = layer.loc_scale(inputs)
         loc, scale = self.encoder[-1].loc_scale(inputs)
         return DiagonalNormalMixture(loc.new_zeros(loc.shape[0]), loc, scale)
-
-
-class DiagonalNormalMixture(TorchDistribution):
-    """
-    A mixture of ``num_components`` diagonal Gaussians in ``dim`` dimensions;
-    ``event_shape == [dim]``::
-
-        log p(z) = logsumexp_j [ log pi_j + sum_d log N(z_d; loc_jd, scale_jd) ]
-
-    The squared distances of ``N`` points to all components are formed with two
-    matrix products (``[N, dim] @ [dim, num_components]``), not as an
-    ``[N, num_components, dim]`` tensor, so a VampPrior with 500 components fits
-    in the evaluator's memory.
-
-    :param mixture_logits: ``[num_components]`` unnormalized log weights ``log pi``.
-    :param loc: ``[num_components, dim]``.
-    :param scale: ``[num_components, dim]``, positive.
-    """
-
-    arg_constraints = {
-        "mixture_logits": constraints.real_vector,
-        "loc": constraints.independent(constraints.real, 2),
-        "scale": constraints.independent(constraints.positive, 2),
-    }
-    support = constraints.real_vector
-
-    def __init__(
-        self, mixture_logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, validate_args: bool | None = None
-    ) -> None:
-        if loc.dim() != 2 or loc.shape != scale.shape or mixture_logits.shape != loc.shape[:1]:
-            raise ValueError(
-                "DiagonalNormalMixture needs mixture_logits [num_components] and loc, scale [num_components, dim],"
-                f" got {tuple(mixture_logits.shape)}, {tuple(loc.shape)}, {tuple(scale.shape)}"
-            )
-        self.mixture_logits, self.loc, self.scale = mixture_logits, loc, scale
-        super().__init__(torch.Size(), loc.shape[-1:], validate_args=validate_args)
-
-    def expand(self, batch_shape: torch.Size, _instance: DiagonalNormalMixture | None = None) -> DiagonalNormalMixture:
-        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
-        new.mixture_logits, new.loc, new.scale = self.mixture_logits, self.loc, self.scale
-        super(DiagonalNormalMixture, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
-        new._validate_args = self._validate_args
-        return new
-
-    def sample(self, sample_shape: torch.Size | tuple[int, ...] = ()) -> torch.Tensor:
-        shape = self._extended_shape(sample_shape)[:-1]
-        with torch.no_grad():
-            component = torch.distributions.Categorical(logits=self.mixture_logits).sample(shape)
-            return torch.normal(self.loc[component], self.scale[component])
-
-    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """
-        :param value: ``[..., dim]``.
-        :returns: ``[...]`` broadcast with the batch shape.
-        """
-        if self._validate_args:
-            self._validate_sample(value)
-        precision = self.scale.pow(-2)  # [num_components, dim]
-        # sum_d (z_d - loc_jd)^2 / scale_jd^2, expanded: z^2 . precision - 2 z . loc*precision + loc^2 . precision
-        squared_distance = (
-            value.pow(2) @ precision.T - 2 * value @ (self.loc * precision).T + (self.loc.pow(2) * precision).sum(-1)
-        )
-        log_normal = (
-            -0.5 * squared_distance - self.scale.log().sum(-1) - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
-        )
-        log_prob = torch.logsumexp(log_normal + self.mixture_logits.log_softmax(-1), -1)
-        return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))

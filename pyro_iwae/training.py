@@ -86,6 +86,8 @@ def train(
         epoch, ``loss`` being the objective's loss per image.
     """
     _check_images(images, batch_size)
+    if resume and run is None:
+        raise ValueError("resume=True needs the run=RunDirectory(...) to resume from")
     device = next(vae.parameters()).device
     optimizer = make_optimizer(vae.parameters(), lr=learning_rates[0] if learning_rates else 0.0)
     # refuse, before training, a model whose bound or log-likelihood cannot be formed per data point
@@ -110,7 +112,13 @@ def train(
             leave=False,
             disable=not progress,
         )
-        loss = train_epoch(vae, objective, optimizer, bar, device, epoch)
+        try:
+            loss = train_epoch(vae, objective, optimizer, bar, device)
+        except TrainingError as error:
+            kept = "no checkpoint was written"
+            if run is not None and epoch > 0:
+                kept = f"the checkpoint after epoch {epoch} ({run.checkpoint_path}) is kept"
+            raise TrainingError(f"at epoch {epoch + 1}, {error}; {kept}") from error
         history.append(
             dict(
                 epoch=epoch + 1,
@@ -130,7 +138,6 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     epoch_batches: Iterable[torch.Tensor],
     device: torch.device,
-    epoch: int = 0,
 ) -> float:
     """
     One Adam step on ``objective`` per batch: Pyro's ``SVI.step``, with the optimiser's
@@ -145,9 +152,8 @@ def train_epoch(
         loss = objective.loss_and_grads(vae.model, vae.guide, x.to(device))
         if not math.isfinite(loss):
             raise TrainingError(
-                f"the loss is {loss} at epoch {epoch + 1}, step {step + 1}; the last good checkpoint (after"
-                f" epoch {epoch}) is kept. Lower --lr (or use --schedule burda) and train afresh, or --resume"
-                " to retry from that checkpoint."
+                f"step {step + 1}: the loss is {loss}, so the parameters were not updated; a lower learning rate"
+                " may help"
             )
         optimizer.step()
         total_loss += loss

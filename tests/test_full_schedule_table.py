@@ -43,7 +43,7 @@ def images(num=40):
 
 
 def test_load_model_reads_a_run_directory_its_checkpoint_and_its_snapshots(tmp_path):
-    config = RunConfig(particles=2, layers=2, prior="mog").training_config()
+    config = RunConfig(particles=2, layers=2, prior="mog").checkpointed_fields()
     torch.manual_seed(0)
     untrained = VAE(*ARCHITECTURES[2], prior="mog").state_dict()
     torch.manual_seed(0)

@@ -13,10 +13,10 @@ from pyro.infer import RenyiELBO, Trace_ELBO
 from torch import nn
 
 from pyro_iwae.evaluation import log_likelihood
+from pyro_iwae.fast import DiagonalNormalMixture
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS, VAE
 from pyro_iwae.networks import GaussianLayer, IAFLayer
 from pyro_iwae.objectives import make_objective
-from pyro_iwae.priors import DiagonalNormalMixture
 from pyro_iwae.training import train
 
 

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from pyro_iwae.checkpoints import CheckpointError
 from pyro_iwae.data import DataError
 from pyro_iwae.experiments.config import ConfigError
 from pyro_iwae.importance import DataPlateError
 from pyro_iwae.training import TrainingError
-
-T = TypeVar("T")
 
 #: errors whose message says what to fix: printed as one line, without a traceback
 USER_ERRORS = (ConfigError, DataError, DataPlateError, CheckpointError, TrainingError)
@@ -31,22 +29,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def run_main(
-    main: Callable[[T], object],
-    parser: argparse.ArgumentParser,
-    parse: Callable[[argparse.Namespace], T] | None = None,
-) -> None:
+@contextmanager
+def one_line_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
     """
-    ``main(parse(parser.parse_args()))`` (``parse`` defaults to passing the flags through).
-    A value that :class:`ConfigError` refuses is a usage error (exit status 2); another user
-    error, or Ctrl-C, exits with one line on stderr.
+    Run a script's work inside this: a value that :class:`ConfigError` refuses is a usage error
+    (``parser.error``, exit status 2); another user error, or Ctrl-C, exits with one line on stderr.
     """
-    args = parser.parse_args()
     try:
-        main(args if parse is None else parse(args))
+        yield
     except ConfigError as error:
         parser.error(str(error))
     except USER_ERRORS as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: finished epochs are kept in the checkpoints; continue with --resume")
+        sys.exit("interrupted: the finished epochs are kept in the checkpoints; run the command again to continue")

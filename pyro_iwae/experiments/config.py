@@ -1,7 +1,7 @@
 """
 One definition of what a run depends on: :class:`RunConfig`. Its fields are the flags
 of the example scripts (:meth:`RunConfig.add_arguments`), their defaults and checks, the
-configuration a checkpoint must match to be resumed (:meth:`RunConfig.training_config`),
+configuration a checkpoint must match to be resumed (:meth:`RunConfig.checkpointed_fields`),
 and the ``config`` recorded in ``metrics.json``.
 """
 
@@ -11,10 +11,11 @@ import argparse
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from pyro_iwae.data import DATA_DIR_ENV, DATASETS
+from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
 from pyro_iwae.objectives import OBJECTIVES
 from pyro_iwae.training import SCHEDULES
@@ -146,12 +147,11 @@ class RunConfig:
                 raise ConfigError(f"{flag(spec)} must be at least {spec.metadata['minimum']}, got {value}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.epochs is None and self.schedule == "constant":
-            self.epochs = CONSTANT_SCHEDULE_EPOCHS
-        if self.train_size is not None and self.batch_size > self.train_size:
+        train_images = self.train_size or num_images(self.dataset, "train")
+        if self.batch_size > train_images:
             raise ConfigError(
-                f"--batch-size {self.batch_size} is more than the {self.train_size} training images: lower it,"
-                " or raise --train-size"
+                f"--batch-size {self.batch_size} is more than the {train_images} training images: lower it"
+                + ", or raise --train-size" * (self.train_size is not None)
             )
         if self.plots and self.test_size is not None and self.test_size < PICTURE_IMAGES:
             raise ConfigError(
@@ -162,24 +162,24 @@ class RunConfig:
             self.learning_rates()
         except ValueError as error:
             raise ConfigError(str(error)) from error
-        if self.out is None:
-            self.out = self.default_out()
 
-    def default_out(self) -> str:
-        """``runs/<dataset>-<objective>-k<particles>-<layers>layer``, then ``-<prior>-prior`` and
-        ``-<guide>-guide`` where they are not the default."""
-        out = f"runs/{self.dataset}-{self.objective}-k{self.particles}-{self.layers}layer"
-        if self.prior != "normal":
-            out += f"-{self.prior}-prior"
-        if self.guide != "normal":
-            out += f"-{self.guide}-guide"
-        return out
+    @property
+    def directory(self) -> Path:
+        """``--out``, by default ``runs/<dataset>-<objective>-k<particles>-<layers>layer``, then
+        ``-<prior>-prior`` and ``-<guide>-guide`` where they are not the default."""
+        if self.out is not None:
+            return Path(self.out)
+        name = f"{self.dataset}-{self.objective}-k{self.particles}-{self.layers}layer"
+        name += f"-{self.prior}-prior" * (self.prior != "normal") + f"-{self.guide}-guide" * (self.guide != "normal")
+        return Path("runs") / name
 
     def learning_rates(self) -> list[float]:
-        """One learning rate per epoch (:data:`~pyro_iwae.training.SCHEDULES`)."""
-        return SCHEDULES[self.schedule](self.lr, self.epochs)
+        """One learning rate per epoch (:data:`~pyro_iwae.training.SCHEDULES`); ``--epochs`` is
+        :data:`CONSTANT_SCHEDULE_EPOCHS` with the constant schedule unless given."""
+        epochs = CONSTANT_SCHEDULE_EPOCHS if self.epochs is None and self.schedule == "constant" else self.epochs
+        return SCHEDULES[self.schedule](self.lr, epochs)
 
-    def training_config(self) -> dict:
+    def checkpointed_fields(self) -> dict:
         """The fields a checkpoint records, which a run must share to resume it."""
         return {
             spec.name: getattr(self, spec.name) for spec in dataclasses.fields(self) if spec.metadata["checkpointed"]
@@ -208,7 +208,7 @@ class RunConfig:
                 action = "store_false" if default else "store_true"
                 parser.add_argument(flag(spec, default), dest=name, action=action, help=help_text)
                 continue
-            if "(default" not in help_text:
+            if default is not None:  # a field whose default is None explains it in its help
                 help_text += " (default: %(default)s)"
             parser.add_argument(
                 *(spec.metadata["flags"] or [flag(spec)]),

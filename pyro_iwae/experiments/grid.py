@@ -86,13 +86,15 @@ def _finished(out: Path, config: RunConfig) -> dict | None:
     return metrics if done == wanted else None
 
 
-def run_grid(cells: list[Cell], base: RunConfig, out: str | Path, run: Callable[[RunConfig], dict]) -> dict[Cell, dict]:
+def run_grid(
+    cells: list[Cell], base: RunConfig, out: str | Path, train_and_evaluate: Callable[[RunConfig], dict]
+) -> dict[Cell, dict]:
     """
     Train and evaluate every cell (skipping finished ones, resuming interrupted
     ones) under ``out/<cell name>/``, with an overall progress bar.
 
     :param base: the configuration shared by every cell (dataset, budget, evaluation).
-    :param run: trains and scores the model of one configuration, and returns its metrics.
+    :param train_and_evaluate: trains and scores the model of one configuration, and returns its metrics.
     :returns: each cell's metrics.
     """
     out = Path(out)
@@ -109,7 +111,7 @@ def run_grid(cells: list[Cell], base: RunConfig, out: str | Path, run: Callable[
             out=str(run_dir),
             resume=(run_dir / "checkpoint.pt").exists(),
         )
-        results[cell] = _finished(run_dir, config) or run(config)
+        results[cell] = _finished(run_dir, config) or train_and_evaluate(config)
     return {cell: results[cell.trained_as] for cell in cells}
 
 
