@@ -28,8 +28,9 @@ from torch.autograd.function import once_differentiable
 class Tanh(nn.Module):
     """
     ``nn.Tanh``, on the CPU computed as ``2 sigmoid(2x) - 1`` (equal to within 2e-7 in
-    float32), because PyTorch's CPU ``tanh`` kernel is several times slower than its
-    ``sigmoid``. The backward pass is tanh's own, ``grad * (1 - tanh(x)^2)``.
+    float32), because on some CPUs PyTorch's ``tanh`` kernel is several times slower than its
+    ``sigmoid`` (on others it is faster: ``benchmarks/README.md``, section 5, says why it stays).
+    The backward pass is tanh's own, ``grad * (1 - tanh(x)^2)``.
     Elsewhere (CUDA) it is ``torch.tanh``.
     """
 
