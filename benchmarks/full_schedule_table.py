@@ -11,6 +11,8 @@ For every run directory it writes to ``--out``:
 - ``curve.json``: the test NLL with K = ``--curve-particles`` (500) on the first ``--curve-images``
   (1000) test images for every weights snapshot (``RUN_DIR/weights/epoch-NNNN.pt``), and the
   training loss per epoch from ``history.csv``; ``training_curves.png`` plots both.
+- ``unit_variances.png``: the histograms of log Var_x(E_q[z_u | x]) over the latent units of each
+  run's latest weights (Burda et al.'s appendix C).
 - for finished runs (with ``metrics.json``; ``--final`` treats the others as finished, from their
   latest weights): the test NLL with K = ``--eval-particles`` (5000) on all test images (from
   ``metrics.json`` where there is one), the train NLL with the same K on the first
@@ -52,12 +54,13 @@ from pyro_iwae import keep_freed_memory, log_likelihood
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import StoredWeights, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
-from pyro_iwae.evaluation import active_units
+from pyro_iwae.evaluation import active_units, unit_variances
 from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
 from pyro_iwae.experiments.grid import PAPER_NLL
 from pyro_iwae.experiments.outputs import write_json
 from pyro_iwae.objectives import OBJECTIVES
+from pyro_iwae.plots import plot_unit_variances
 from pyro_iwae.training import burda_learning_rates
 
 RUNS = ("runs/full-schedule/mnist-elbo-k1-1layer", "runs/full-schedule/mnist-iwae-k5-1layer")
@@ -526,6 +529,22 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
     return text
 
 
+def plot_unit_activity(runs: list[Run], data: Data, num_images: int, path: Path) -> None:
+    """
+    The histograms of Burda et al.'s appendix C (:func:`pyro_iwae.plots.plot_unit_variances`) for each
+    run's latest weights (the final ones, else its last snapshot), over its first ``num_images`` test images.
+    """
+    variances = {}
+    for run in runs:
+        stored = run.final or (read_weights(run.snapshots[-1]) if run.snapshots else None)
+        if stored is not None:
+            test = data.images(run.config.get("dataset", "mnist"), "test", num_images)
+            per_layer = unit_variances(stored.model(data.device).guide, test)
+            variances[f"{run.display}, epoch {stored.epoch}"] = torch.cat(list(per_layer.values()))
+    if variances:
+        plot_unit_variances(variances, path, title=f"activity of the latent units on {num_images} test images")
+
+
 def main(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     out = Path(args.out)
@@ -533,7 +552,8 @@ def main(args: argparse.Namespace) -> str:
     out.mkdir(parents=True, exist_ok=True)
     cache = EvaluationCache(out / "evaluations.json", fresh=args.rescore)
     tasks = plan(runs, args, device)
-    run_tasks(tasks, cache, Data(args.data_dir, device), not args.no_progress)
+    data = Data(args.data_dir, device)
+    run_tasks(tasks, cache, data, not args.no_progress)
     cache.fresh = False
 
     settings = {key: getattr(args, key) for key in ("curve_particles", "curve_images", "eval_particles")}
@@ -545,6 +565,7 @@ def main(args: argparse.Namespace) -> str:
     write_json(out / "curve.json", {"settings": settings, "runs": curves})
     if any(c["points"] or c["loss"]["epoch"] for c in curves.values()):
         plot_curves(curves, settings, out / "training_curves.png")
+    plot_unit_activity(runs, data, args.test_images, out / "unit_variances.png")
 
     records = [result(run, tasks, cache, curves[run.name]["points"]) for run in runs]
     weights = save_final_weights(runs, out)

@@ -18,7 +18,7 @@ import time
 
 import pyro
 
-from pyro_iwae.checkpoints import RunDirectory
+from pyro_iwae.checkpoints import RunDirectory, initialize_from
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
 from pyro_iwae.experiments.cli import one_line_errors
@@ -42,11 +42,12 @@ def main(config: RunConfig) -> dict:
     vae = VAE(
         *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
     ).to(device)
+    if config.init_from is not None:  # a trained model, to train on (with another objective: Burda et al.'s Table 2)
+        initialize_from(vae, config.init_from)
 
     # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0),
-    # the latter with IWAE's gradient, or the STL or DReG estimator of it for the guide
-
-    objective = make_objective(config.objective, config.particles)
+    # the latter with IWAE's gradient or the STL or DReG estimator of it for the guide; or MIWAE, CIWAE, PIWAE
+    objective = make_objective(config.objective, config.particles, **config.objective_options())
 
     # Adam over the learning-rate schedule, with a checkpoint after every epoch
     run = RunDirectory(config.directory, config.checkpointed_fields(), config.snapshot_every)

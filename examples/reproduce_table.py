@@ -6,7 +6,8 @@ log-likelihood with K = 5000 importance samples, beside the paper's numbers.
     python examples/reproduce_table.py --data-dir ../shared/data --schedule burda --epochs 5 --test-size 2000
 
 With ``--objectives elbo iwae iwae-stl iwae-dreg`` the table gains columns for the
-IWAE bound trained with the STL and DReG gradient estimators.
+IWAE bound trained with the STL and DReG gradient estimators; with ``miwae --groups M``,
+``ciwae --beta B`` or ``piwae --groups M``, for the objectives of Rainforth et al. (2018).
 
 An interrupted grid resumes: finished models are skipped, a model with a
 checkpoint continues from it.
@@ -22,7 +23,7 @@ from mnist import main as train_and_evaluate  # this directory's examples/mnist.
 
 from pyro_iwae.data import load_dataset
 from pyro_iwae.experiments.cli import at_least, one_line_errors
-from pyro_iwae.experiments.config import RunConfig, resolve_device
+from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, RunConfig, resolve_device
 from pyro_iwae.experiments.grid import (
     TABLE_OBJECTIVES,
     grid,
@@ -57,7 +58,8 @@ SHARED_FIELDS = (
 def main(args: argparse.Namespace) -> str:
     base = RunConfig.from_args(args, SHARED_FIELDS, plots=False)
     cells = grid(args.objectives, args.particles, args.layers, args.seeds)
-    results = run_grid(cells, base, args.out, train_and_evaluate)
+    objective_flags = {name: getattr(args, name) for name in OBJECTIVE_OPTIONS.values()}
+    results = run_grid(cells, base, args.out, train_and_evaluate, objective_flags)
 
     command = "python examples/reproduce_table.py " + shlex.join(sys.argv[1:])
     write_results(results, f"{args.out}/results.json")
@@ -81,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--particles", nargs="+", type=at_least(1), default=[1, 5, 50], help="values of k")
     p.add_argument("--layers", nargs="+", type=int, choices=sorted(ARCHITECTURES), default=[1, 2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one model per seed; the table shows mean ± sd")
-    RunConfig.add_arguments(p, SHARED_FIELDS, schedule="burda")
+    RunConfig.add_arguments(p, (*OBJECTIVE_OPTIONS.values(), *SHARED_FIELDS), schedule="burda")
     p.add_argument(
         "--out", default="runs/table", help="one sub-directory per model, and the table (default: %(default)s)"
     )

@@ -225,6 +225,29 @@ def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
     return StoredWeights(path, state["config"], epoch, state["module"])
 
 
+def initialize_from(module: nn.Module, path: str | os.PathLike) -> StoredWeights:
+    """
+    Load into ``module`` the weights stored at ``path`` (anything :func:`read_weights` reads),
+    to train them on, perhaps with another objective (Burda et al., 2016, Table 2).
+
+    :returns: what was read: the weights' training configuration and epochs.
+    :raises CheckpointError: if there are no such weights, or they do not fit ``module`` (another
+        number of layers, prior or guide).
+    """
+    stored = read_weights(path, _device_of(module))
+    try:
+        module.load_state_dict(stored.module)
+    except RuntimeError as error:
+        trained = ", ".join(
+            f"{key} {stored.config.get(key, default)!r}" for key, default in ARCHITECTURE_FIELDS.items()
+        )
+        raise CheckpointError(
+            f"the weights in {stored.path} ({trained}) do not fit the model to be trained: give it the same layers,"
+            f" prior and guide ({str(error).splitlines()[0]})"
+        ) from error
+    return stored
+
+
 def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> VAE:
     """
     The trained :class:`VAE` stored at ``path``: a run directory (its ``checkpoint.pt``),

@@ -168,13 +168,25 @@ def posterior_means(
     return {name: torch.cat(batches) for name, batches in means.items()}
 
 
+def unit_variances(guide: Callable, data: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+    """
+    ``Var_x(E_q[z_u | x])`` of every latent unit ``u`` over the rows of ``data``: the activity
+    statistic of Burda et al. (2016, section 5.2), whose logarithm their appendix C plots.
+
+    :param data: ``[num_data, ...]`` data points.
+    :param kwargs: passed to :func:`posterior_means`.
+    :returns: ``{site name: [event_size] tensor}``.
+    """
+    return {name: means.var(0) for name, means in posterior_means(guide, data, **kwargs).items()}
+
+
 def active_units(guide: Callable, data: torch.Tensor, threshold: float = 0.01, **kwargs) -> dict[str, torch.Tensor]:
     """
     Active latent units (Burda et al., 2016, section 5.2): unit ``u`` is active
-    if ``Var_x(E_q[z_u | x]) > threshold``.
+    if ``Var_x(E_q[z_u | x]) > threshold`` (:func:`unit_variances`).
 
     :param data: ``[num_data, ...]`` data points.
     :param kwargs: passed to :func:`posterior_means`.
     :returns: ``{site name: [event_size] bool tensor}``; ``.sum()`` counts the active units.
     """
-    return {name: means.var(0) > threshold for name, means in posterior_means(guide, data, **kwargs).items()}
+    return {name: variances > threshold for name, variances in unit_variances(guide, data, **kwargs).items()}

@@ -12,6 +12,9 @@ Training objectives as Pyro ELBO classes.
 - ``"iwae-stl"`` and ``"iwae-dreg"``: the same bound, with estimators of its gradient
   whose guide part does not lose its signal as ``k`` grows (:class:`IWAE_STL`,
   :class:`IWAE_DReG`).
+- ``"miwae"``, ``"ciwae"``, ``"piwae"``: the bounds of Rainforth et al. (2018) that trade some
+  of IWAE's tightness for the guide's gradient signal (:class:`MIWAE_ELBO`, :class:`CIWAE_ELBO`,
+  :class:`PIWAE_ELBO`).
 
 All vectorize the particles in a plate left of the model's plates; ``max_plate_nesting``
 is found from one trace unless given, as in Pyro's ELBOs.
@@ -107,28 +110,54 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         return importance_weights(model_trace, guide_trace)
 
+    #: independent bounds averaged, each over its own ``num_particles / num_groups`` particles (MIWAE's M)
+    num_groups = 1
+
     @torch.no_grad()
     def loss(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, an estimate of the negative bound."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
-        log_mean_weight = weights.log_weights.logsumexp(0) - math.log(self.num_particles)
-        return -weights.scale * log_mean_weight.sum().item()
+        log_weights = _grouped(weights.log_weights, self.num_groups)
+        log_mean_weight = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
+        return -weights.scale * log_mean_weight.sum().item() / self.num_groups
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
-        log_weights = weights.log_weights
-        elbo_particles = log_weights.detach()
-        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(self.num_particles)
-        if log_weights.requires_grad:
-            # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
-            normalized_weights = (elbo_particles - log_mean_weight).exp()
-            surrogate_elbo = (normalized_weights * log_weights).sum() / self.num_particles
-            if weights.proposal_log_density is not None:
-                learning_signal = vimco_learning_signal(elbo_particles)
-                surrogate_elbo = surrogate_elbo + (learning_signal * weights.proposal_log_density).sum()
+        surrogate_elbo, bound = self.surrogate(weights)
+        if surrogate_elbo.requires_grad:
             (-(weights.scale * surrogate_elbo)).backward()
-        return -weights.scale * log_mean_weight.sum().item()
+        return -weights.scale * bound
+
+    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, float]:
+        """
+        A surrogate whose gradient is the estimator's, and the bound: the mean of ``num_groups``
+        (default :attr:`num_groups`) IWAE bounds over as many equal groups of the particles.
+        """
+        num_groups = self.num_groups if num_groups is None else num_groups
+        log_weights = _grouped(weights.log_weights, num_groups)
+        group_size = log_weights.shape[0]
+        elbo_particles = log_weights.detach()
+        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
+        # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
+        normalized_weights = (elbo_particles - log_mean_weight).exp()
+        surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
+        if weights.proposal_log_density is not None:
+            learning_signal = vimco_learning_signal(elbo_particles)
+            proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
+            surrogate_elbo = surrogate_elbo + (learning_signal * proposal_log_density).sum()
+        return surrogate_elbo / num_groups, log_mean_weight.sum().item() / num_groups
+
+
+def _grouped(log_weights: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """
+    ``[num_particles, batch_size]`` terms as ``[K, num_groups * batch_size]``: the ``K = num_particles /
+    num_groups`` particles of each group (consecutive particles) in a column of their own.
+    """
+    if num_groups == 1:
+        return log_weights
+    group_size = log_weights.shape[0] // num_groups
+    return log_weights.reshape(num_groups, group_size, -1).transpose(0, 1).reshape(group_size, -1)
 
 
 def vimco_learning_signal(log_weights: torch.Tensor) -> torch.Tensor:
@@ -264,6 +293,135 @@ class IWAE_DReG(_PathwiseIWAE):
     guide_weight_power = 2
 
 
+class MIWAE_ELBO(IWAE_ELBO):
+    """
+    MIWAE(M, K) (Rainforth et al., 2018, "Tighter variational bounds are not necessarily better",
+    section 5): the average of ``M = num_groups`` independent IWAE bounds of ``K = num_particles``
+    particles each, ``(1/M) sum_m log (1/K) sum_k w_mk``, from ``M K`` vectorized particles. Looser
+    than the IWAE bound of all ``M K``, but the guide's gradient keeps more of its signal. MIWAE(1, K)
+    is IWAE with ``K``; MIWAE(M, 1) is the ELBO with ``M`` particles.
+    """
+
+    label = "MIWAE"
+    #: its parameters besides those of every ELBO here (:func:`objective_options`)
+    options = ("num_groups",)
+
+    def __init__(
+        self,
+        num_particles: int = 2,
+        num_groups: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+    ) -> None:
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be at least 1, got {num_groups}")
+        super().__init__(num_groups * num_particles, max_plate_nesting, vectorize_particles)
+        self.num_groups = num_groups
+
+
+class CIWAE_ELBO(IWAE_ELBO):
+    """
+    CIWAE(beta) (Rainforth et al., 2018, section 5): ``beta`` times the ELBO plus ``1 - beta`` times
+    the IWAE bound, both from the same ``K = num_particles`` particles,
+    ``beta (1/K) sum_k log w_k + (1 - beta) log (1/K) sum_k w_k``. ``beta = 1`` is the ELBO, ``beta = 0``
+    IWAE. Every latent must be reparameterized.
+    """
+
+    label = "CIWAE"
+    options = ("beta",)
+
+    def __init__(
+        self,
+        num_particles: int = 2,
+        beta: float = 0.5,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+    ) -> None:
+        if not 0 <= beta <= 1:
+            raise ValueError(f"beta must lie in [0, 1], got {beta}")
+        super().__init__(num_particles, max_plate_nesting, vectorize_particles)
+        self.beta = beta
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """:returns: ``-(beta ELBO + (1 - beta) L_k)``."""
+        weights = self.importance_weights(model, guide, *args, **kwargs)
+        return -weights.scale * self._combined(weights.log_weights).sum().item()
+
+    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, float]:
+        if weights.proposal_log_density is not None:
+            raise ValueError(_needs_reparameterized_latents(self))
+        iwae_surrogate, _ = super().surrogate(weights)
+        elbo_surrogate = weights.log_weights.mean(0).sum()
+        combined = self._combined(weights.log_weights.detach()).sum().item()
+        return self.beta * elbo_surrogate + (1 - self.beta) * iwae_surrogate, combined
+
+    def _combined(self, log_weights: torch.Tensor) -> torch.Tensor:
+        """``[batch_size]``: ``beta ELBO + (1 - beta) L_k`` per data point."""
+        iwae = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
+        return self.beta * log_weights.mean(0) + (1 - self.beta) * iwae
+
+
+class PIWAE_ELBO(MIWAE_ELBO):
+    """
+    PIWAE(M, K) (Rainforth et al., 2018, section 5): from the same ``M K`` particles, the model's
+    parameters follow the gradient of the IWAE bound of all ``M K`` and the guide's that of MIWAE(M, K)
+    (:class:`MIWAE_ELBO`). The parameters are told apart by the trace they appear in (``pyro.module``
+    or ``pyro.param`` in the model or in the guide); ``loss`` is the IWAE bound of all ``M K``.
+    Every latent must be reparameterized.
+    """
+
+    label = "PIWAE"
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """:returns: ``-L_{MK}``."""
+        weights = self.importance_weights(model, guide, *args, **kwargs)
+        log_mean_weight = weights.log_weights.logsumexp(0) - math.log(self.num_particles)
+        return -weights.scale * log_mean_weight.sum().item()
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """:returns: ``-L_{MK}``, with IWAE's gradient for the model and MIWAE's for the guide in ``.grad``."""
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        weights = importance_weights(model_trace, guide_trace)
+        if weights.proposal_log_density is not None:
+            raise ValueError(_needs_reparameterized_latents(self))
+        model_parameters, guide_parameters = _parameters(model_trace), _parameters(guide_trace)
+        shared = [name for name in model_parameters if name in guide_parameters]
+        if shared:
+            raise ValueError(
+                f"PIWAE trains the model's and the guide's parameters on different bounds, but {shared[0]!r} is"
+                " registered in both: register each parameter in one of them"
+            )
+        miwae_surrogate, _ = self.surrogate(weights)
+        iwae_surrogate, bound = self.surrogate(weights, num_groups=1)
+        for surrogate, parameters in ((iwae_surrogate, model_parameters), (miwae_surrogate, guide_parameters)):
+            leaves = [p for p in parameters.values() if p.requires_grad]
+            if surrogate.requires_grad and leaves:
+                grads = torch.autograd.grad(-(weights.scale * surrogate), leaves, retain_graph=True, allow_unused=True)
+                for leaf, grad in zip(leaves, grads):
+                    if grad is not None:
+                        leaf.grad = grad if leaf.grad is None else leaf.grad + grad
+        return -weights.scale * bound
+
+
+def _parameters(trace: Trace) -> dict[str, torch.Tensor]:
+    """``{name: unconstrained leaf tensor}`` of the ``pyro.param`` (and ``pyro.module``) sites of ``trace``."""
+    parameters = {}
+    for name, site in trace.nodes.items():
+        if site["type"] == "param":
+            value = site["value"]
+            parameters[name] = value.unconstrained() if hasattr(value, "unconstrained") else value
+    return parameters
+
+
+def _needs_reparameterized_latents(objective: ELBO) -> str:
+    return (
+        f"{type(objective).__name__} needs every latent reparameterized, but the model or guide samples one that"
+        " cannot be: use the iwae or miwae objective, whose score-function term handles it"
+    )
+
+
 def _with_values(trace: Trace, values: dict[str, torch.Tensor]) -> Trace:
     """A copy of ``trace`` (subsample sites included) to replay, with ``values`` at those sites."""
     copy = trace.copy()
@@ -288,19 +446,37 @@ def _reparameterized_latents(guide_trace) -> dict[str, torch.Tensor]:
 
 
 #: ``--objective`` choices
-OBJECTIVES: dict[str, type[ELBO]] = {"elbo": VAE_ELBO, "iwae": IWAE_ELBO, "iwae-stl": IWAE_STL, "iwae-dreg": IWAE_DReG}
+OBJECTIVES: dict[str, type[ELBO]] = {
+    "elbo": VAE_ELBO,
+    "iwae": IWAE_ELBO,
+    "iwae-stl": IWAE_STL,
+    "iwae-dreg": IWAE_DReG,
+    "miwae": MIWAE_ELBO,
+    "ciwae": CIWAE_ELBO,
+    "piwae": PIWAE_ELBO,
+}
 
 
-def make_objective(name: str, num_particles: int, max_plate_nesting: int | None = None) -> ELBO:
+def make_objective(name: str, num_particles: int, max_plate_nesting: int | None = None, **options) -> ELBO:
     """
     :param name: one of :data:`OBJECTIVES`.
-    :param num_particles: the number of samples ``k`` per data point, vectorized.
+    :param num_particles: the number of samples ``k`` per data point (per bound, for ``miwae`` and
+        ``piwae``), vectorized.
     :param max_plate_nesting: plates nested in the model, data plate included (default:
         found from the first trace).
+    :param options: the objective's own parameters: ``num_groups`` (``miwae``, ``piwae``), ``beta`` (``ciwae``).
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be at least 1, got {num_particles}")
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
+    unknown = [key for key in options if key not in objective_options(name)]
+    if unknown:
+        raise ValueError(f"the {name} objective takes no {unknown[0]}")
     nesting = float("inf") if max_plate_nesting is None else max_plate_nesting
-    return OBJECTIVES[name](num_particles=num_particles, max_plate_nesting=nesting, vectorize_particles=True)
+    return OBJECTIVES[name](num_particles=num_particles, max_plate_nesting=nesting, vectorize_particles=True, **options)
+
+
+def objective_options(name: str) -> tuple[str, ...]:
+    """The parameters of objective ``name`` besides those of every ELBO here (``num_groups``, ``beta``)."""
+    return getattr(OBJECTIVES[name], "options", ())

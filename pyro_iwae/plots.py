@@ -130,3 +130,31 @@ def plot_training_curve(history: list[dict], path: str | os.PathLike, label: str
     loss_axes.set_title(label or "training curve")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def plot_unit_variances(
+    variances: dict[str, torch.Tensor], path: str | os.PathLike, threshold: float = 0.01, title: str = ""
+) -> None:
+    """
+    Histograms of ``log10 Var_x(E_q[z_u | x])`` over the latent units ``u`` of each model
+    (Burda et al., 2016, appendix C): a unit is either clearly active or clearly inactive,
+    far from the ``threshold`` (dotted) that counts the active ones.
+
+    :param variances: ``{model label: [num_units] variances}`` (:func:`~pyro_iwae.evaluation.unit_variances`,
+        the layers concatenated).
+    """
+    logs = {label: v.detach().cpu().clamp_min(1e-12).log10().numpy() for label, v in variances.items()}
+    low, high = min(x.min() for x in logs.values()), max(x.max() for x in logs.values())
+    bins = np.linspace(min(low, np.log10(threshold)) - 0.25, max(high, 0.0) + 0.25, 40)
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    for label, x in logs.items():
+        active = int((x > np.log10(threshold)).sum())
+        axes.hist(x, bins=bins, alpha=0.5, label=f"{label}: {active} of {x.size} active")
+    axes.axvline(np.log10(threshold), color="grey", linestyle=":")
+    axes.set_xlabel("log10 Var_x(E_q[z_u | x])")
+    axes.set_ylabel("latent units")
+    axes.set_title(title or "activity of the latent units")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

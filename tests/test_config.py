@@ -25,10 +25,21 @@ def test_the_flags_defaults_are_the_configs():
 
 
 def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
-    """A checkpoint records these keys, and a resume compares them: adding one would refuse every older run."""
+    """
+    A checkpoint records these keys, and a resume compares them with its own (a key it lacks reads as None):
+    a field added later must be None by default, or every older run would be refused.
+    """
+    older = {"objective", "particles", "layers", "prior", "guide", "dataset", "schedule", "batch_size", "lr"}
+    older |= {"train_size", "seed"}
+    added = set(RunConfig().checkpointed_fields()) - older
+    assert added == {"init_from", "groups", "beta"} and all(
+        RunConfig().checkpointed_fields()[name] is None for name in added
+    )
     assert RunConfig().checkpointed_fields() == {
         "objective": "iwae",
         "particles": 5,
+        "groups": None,
+        "beta": None,
         "layers": 1,
         "prior": "normal",
         "guide": "normal",
@@ -38,6 +49,7 @@ def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
         "lr": 0.001,
         "train_size": None,
         "seed": 0,
+        "init_from": None,
     }
 
 
@@ -55,12 +67,19 @@ def test_command_line_gives_back_the_config():
     "fields, message",
     [
         (dict(particles=0), "--particles must be at least 1, got 0"),
-        (dict(objective="vae"), "--objective must be one of elbo, iwae, iwae-stl, iwae-dreg, got 'vae'"),
+        (
+            dict(objective="vae"),
+            "--objective must be one of elbo, iwae, iwae-stl, iwae-dreg, miwae, ciwae, piwae, got 'vae'",
+        ),
         (dict(layers=3), "--layers must be one of 1, 2, got 3"),
         (dict(schedule="burda", epochs=3281), "the burda schedule has 3280 epochs"),
         (dict(train_size=10), "--batch-size 20 is more than the 10 training images: lower it, or raise --train"),
         (dict(batch_size=70_000), "--batch-size 70000 is more than the 60000 training images: lower it$"),
         (dict(lr=-1e-3), "--lr must be positive"),
+        (dict(objective="miwae"), "--objective miwae needs --groups"),
+        (dict(objective="ciwae"), "--objective ciwae needs --beta"),
+        (dict(objective="ciwae", beta=2.0), r"--beta must lie in \[0, 1\], got 2.0"),
+        (dict(groups=4), "--groups 4 is not an option of --objective iwae"),
     ],
 )
 def test_a_config_that_cannot_run_is_refused_where_it_is_made(fields, message):
@@ -72,3 +91,9 @@ def test_a_script_can_share_some_flags_with_other_defaults():
     parser = RunConfig.add_arguments(argparse.ArgumentParser(), ["schedule", "epochs", "progress"], schedule="burda")
     config = RunConfig.from_args(parser.parse_args(["--no-progress"]), ["schedule", "epochs", "progress"])
     assert (config.schedule, config.epochs, config.progress) == ("burda", None, False)
+
+
+def test_an_objectives_options_come_from_their_flags():
+    assert RunConfig(objective="piwae", groups=4).objective_options() == {"num_groups": 4}
+    assert RunConfig(objective="ciwae", beta=0.25).objective_options() == {"beta": 0.25}
+    assert RunConfig(objective="iwae").objective_options() == {}

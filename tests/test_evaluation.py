@@ -6,7 +6,7 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian
 
-from pyro_iwae.evaluation import active_units, log_likelihood
+from pyro_iwae.evaluation import active_units, log_likelihood, unit_variances
 from pyro_iwae.importance import DataPlateError, log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 
@@ -133,6 +133,9 @@ def test_active_units_counts_units_whose_posterior_mean_varies():
 
     x = torch.randn(5000, 3)
     assert active_units(guide, x)["z"].tolist() == [True, False, False]
+    # the statistic itself: Var_x of the exact posterior means, the sample variance of x * [1, 0.05, 0]
+    expected = (x * torch.tensor([1.0, 0.05, 0.0])).var(0)
+    assert torch.allclose(unit_variances(guide, x)["z"], expected, rtol=1e-4)
 
 
 def test_masked_sites_do_not_count():

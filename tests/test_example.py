@@ -5,11 +5,14 @@ import json
 import subprocess
 import sys
 
+import pyro
 import pytest
 import torch
 from conftest import ROOT
 
 from pyro_iwae.checkpoints import load_model
+from pyro_iwae.data import load_dataset
+from pyro_iwae.evaluation import log_likelihood
 from pyro_iwae.networks import IAFLayer
 from pyro_iwae.priors import VampPrior
 
@@ -152,3 +155,24 @@ def test_sizes_beyond_the_data_are_named_not_shrunk(tmp_path, data_dir, flags, s
     result = run_example("--data-dir", data_dir, "--epochs", 1, "--out", tmp_path / "out", *flags)
     assert result.returncode == status and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_init_from_trains_on_from_a_trained_model_with_another_objective(run_dir, data_dir, tmp_path):
+    """Burda et al.'s Table 2: --init-from starts from a run's weights, whatever the new objective."""
+    trained, _ = run_dir
+    flags = ["--objective", "elbo", "--particles", 1, "--epochs", 0, "--train-size", 1000, "--test-size", 200]
+    flags += ["--eval-particles", 100, "--data-dir", data_dir, "--no-plots", "--init-from", trained]
+    result = run_example(*flags, "--out", tmp_path / "scored")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "scored" / "metrics.json").read_text())
+    assert metrics["config"]["init_from"] == str(trained) and metrics["epochs"] == 0
+    # with no epochs to train, it scores the trained weights from seed 0, as the evaluator does by hand
+    vae = load_model(trained)
+    test = load_dataset("mnist", data_dir, test_size=200).test
+    pyro.set_rng_seed(0)
+    estimate = log_likelihood(vae.model, vae.guide, test, num_particles=100)
+    assert metrics["test_log_likelihood"] == estimate.log_likelihood.mean().item()
+
+    other_architecture = run_example(*flags, "--layers", 2, "--out", tmp_path / "two-layers")
+    assert other_architecture.returncode == 1 and "Traceback" not in other_architecture.stderr
+    assert "(layers 1, prior 'normal', guide 'normal') do not fit the model to be trained" in other_architecture.stderr

@@ -178,7 +178,8 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
         " (K = 10, 50 images) | 85.54 | 85.18 | – | – | – |"
     ) in table
     assert "python benchmarks/full_schedule_table.py" in table and "pyro_iwae.load_model(" in table
-    assert (out / "training_curves.png").read_bytes()[:8] == PNG_MAGIC
+    for picture in ("training_curves.png", "unit_variances.png"):
+        assert (out / picture).read_bytes()[:8] == PNG_MAGIC, picture
     assert_same_weights(
         pyro_iwae.load_model(out / "weights" / "mnist-iwae-k5-1layer.pt").state_dict(),
         pyro_iwae.load_model(finished).state_dict(),

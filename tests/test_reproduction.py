@@ -149,5 +149,20 @@ def test_the_script_writes_table_results_and_pictures(tmp_path, data_dir, datase
     assert f"on {dataset}" in table
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
     assert [(r["cell"]["objective"], r["config"]["particles"]) for r in runs] == [("elbo", 5), ("iwae", 5)]
-    for name in ("nll_vs_k.png", "training_curves.png", "reconstructions_k5_1layer.png", "traversal_k5_1layer.png"):
+    pictures = ("nll_vs_k.png", "training_curves.png", "reconstructions_k5_1layer.png", "traversal_k5_1layer.png")
+    for name in (*pictures, "unit_variances_k5_1layer.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG", name
+
+
+def test_each_cell_gets_the_options_of_its_own_objective(tmp_path):
+    """--groups goes to the MIWAE and PIWAE cells, --beta to the CIWAE ones, neither to the others."""
+    configs = []
+
+    def record(config):
+        configs.append(config)
+        return {"config": dataclasses.asdict(config)}
+
+    cells = grid(["iwae", "miwae", "ciwae", "piwae"], [5], [1], [0])
+    run_grid(cells, RunConfig(progress=False), tmp_path, record, {"groups": 4, "beta": 0.25})
+    options = [(c.objective, c.groups, c.beta) for c in configs]
+    assert options == [("iwae", None, None), ("miwae", 4, None), ("ciwae", None, 0.25), ("piwae", 4, None)]

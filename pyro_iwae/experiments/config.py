@@ -17,13 +17,15 @@ import torch
 
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
-from pyro_iwae.objectives import OBJECTIVES
+from pyro_iwae.objectives import OBJECTIVES, objective_options
 from pyro_iwae.training import SCHEDULES
 
 #: ``--device`` choices, resolved by :func:`resolve_device`
 DEVICES = ("auto", "cpu", "cuda")
 #: epochs of ``--schedule constant`` when ``--epochs`` is not given
 CONSTANT_SCHEDULE_EPOCHS = 10
+#: the objectives' options (:func:`~pyro_iwae.objectives.objective_options`) and the fields that give them
+OBJECTIVE_OPTIONS = {"num_groups": "groups", "beta": "beta"}
 #: the pictures show this many test images
 PICTURE_IMAGES = 32
 
@@ -67,6 +69,16 @@ class RunConfig:
         checkpointed=True,
         minimum=1,
         type=int,
+    )
+    groups: int | None = option(
+        None,
+        "miwae, piwae: the number M of IWAE bounds averaged, each over its own --particles K (M K samples in all)",
+        checkpointed=True,
+        minimum=1,
+        type=int,
+    )
+    beta: float | None = option(
+        None, "ciwae: the weight of the ELBO against the IWAE bound, in [0, 1]", checkpointed=True, type=float
     )
     layers: int = option(
         1,
@@ -126,6 +138,12 @@ class RunConfig:
         "output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer[-<prior>-prior]"
         "[-<guide>-guide])",
     )
+    init_from: str | None = option(
+        None,
+        "start from the weights of this run directory, checkpoint or weights file, e.g. to train a trained model on"
+        " with another objective as in Burda et al.'s Table 2 (default: the paper's initialisation)",
+        checkpointed=True,
+    )
     resume: bool = option(False, "continue from the checkpoint in --out")
     snapshot_every: int | None = option(
         None,
@@ -145,6 +163,13 @@ class RunConfig:
                 raise ConfigError(f"{flag(spec)} must be one of {', '.join(map(str, choices))}, got {value!r}")
             if spec.metadata["minimum"] is not None and value is not None and value < spec.metadata["minimum"]:
                 raise ConfigError(f"{flag(spec)} must be at least {spec.metadata['minimum']}, got {value}")
+        for name, value in self.objective_options().items():
+            if value is None:
+                raise ConfigError(f"--objective {self.objective} needs --{OBJECTIVE_OPTIONS[name]}")
+        for name, value in self.unused_options().items():
+            raise ConfigError(f"--{name} {value} is not an option of --objective {self.objective}")
+        if self.beta is not None and not 0 <= self.beta <= 1:
+            raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
         if not self.lr > 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         train_images = self.train_size or num_images(self.dataset, "train")
@@ -178,6 +203,16 @@ class RunConfig:
         :data:`CONSTANT_SCHEDULE_EPOCHS` with the constant schedule unless given."""
         epochs = CONSTANT_SCHEDULE_EPOCHS if self.epochs is None and self.schedule == "constant" else self.epochs
         return SCHEDULES[self.schedule](self.lr, epochs)
+
+    def objective_options(self) -> dict:
+        """The options of :func:`~pyro_iwae.objectives.make_objective` that this objective takes, from their flags."""
+        return {option: getattr(self, OBJECTIVE_OPTIONS[option]) for option in objective_options(self.objective)}
+
+    def unused_options(self) -> dict:
+        """The objective flags given that this objective does not take: ``{field name: value}``."""
+        taken = {OBJECTIVE_OPTIONS[option] for option in objective_options(self.objective)}
+        given = {name: getattr(self, name) for name in OBJECTIVE_OPTIONS.values() if getattr(self, name) is not None}
+        return {name: value for name, value in given.items() if name not in taken}
 
     def checkpointed_fields(self) -> dict:
         """The fields a checkpoint records, which a run must share to resume it."""

@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from pyro_iwae import plots
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import load_model, read_history
-from pyro_iwae.experiments.config import RunConfig
+from pyro_iwae.evaluation import unit_variances
+from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, RunConfig
 from pyro_iwae.experiments.outputs import write_json
-from pyro_iwae.objectives import OBJECTIVES
+from pyro_iwae.objectives import OBJECTIVES, objective_options
 
 #: test NLL in nats: {(dataset, layers, objective): {k: nll}}; Burda et al. (2016) Table 1, and appendix D
 #: for the fixed binarization (which reports the one-layer IWAE only)
@@ -87,7 +88,11 @@ def _finished(out: Path, config: RunConfig) -> dict | None:
 
 
 def run_grid(
-    cells: list[Cell], base: RunConfig, out: str | Path, train_and_evaluate: Callable[[RunConfig], dict]
+    cells: list[Cell],
+    base: RunConfig,
+    out: str | Path,
+    train_and_evaluate: Callable[[RunConfig], dict],
+    objective_flags: dict | None = None,
 ) -> dict[Cell, dict]:
     """
     Train and evaluate every cell (skipping finished ones, resuming interrupted
@@ -95,15 +100,22 @@ def run_grid(
 
     :param base: the configuration shared by every cell (dataset, budget, evaluation).
     :param train_and_evaluate: trains and scores the model of one configuration, and returns its metrics.
+    :param objective_flags: the objectives' options by field name (``{"groups": 8, "beta": 0.5}``): each cell
+        gets those its objective takes.
     :returns: each cell's metrics.
     """
-    out = Path(out)
+    out, objective_flags = Path(out), objective_flags or {}
     results = {}
     runs = sorted({cell.trained_as for cell in cells}, key=cells.index)
     for cell in tqdm(runs, desc="grid", unit="model", disable=not base.progress):
         run_dir = out / cell.name
+        takes = [OBJECTIVE_OPTIONS[option] for option in objective_options(cell.objective)]
+        options = {
+            name: (objective_flags or {}).get(name) if name in takes else None for name in OBJECTIVE_OPTIONS.values()
+        }
         config = dataclasses.replace(
             base,
+            **options,
             objective=cell.objective,
             particles=cell.particles,
             layers=cell.layers,
@@ -178,12 +190,23 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
 
 
 def _estimators_note(results: dict[Cell, dict]) -> str:
-    if not any(c.objective in ("iwae-stl", "iwae-dreg") for c in results):
-        return ""
-    return (
-        " IWAE-STL and IWAE-DReG train the IWAE bound with the sticking-the-landing (Roeder et al., 2017) and"
-        " doubly reparameterized (Tucker et al., 2019) gradients for the guide; the paper has no numbers for them."
-    )
+    objectives = {c.objective for c in results}
+    note = ""
+    if objectives & {"iwae-stl", "iwae-dreg"}:
+        note += (
+            " IWAE-STL and IWAE-DReG train the IWAE bound with the sticking-the-landing (Roeder et al., 2017) and"
+            " doubly reparameterized (Tucker et al., 2019) gradients for the guide; the paper has no numbers for them."
+        )
+    if objectives & {"miwae", "ciwae", "piwae"}:
+        options = {
+            (m["config"]["objective"], m["config"].get("groups"), m["config"].get("beta")) for m in results.values()
+        }
+        settings = ", ".join(f"{o}: M = {g}" if g else f"{o}: beta = {b}" for o, g, b in sorted(options) if g or b)
+        note += (
+            " MIWAE(M, k), CIWAE(beta) and PIWAE(M, k) are the objectives of Rainforth et al. (2018), k particles per"
+            f" bound ({settings})."
+        )
+    return note
 
 
 def plot_nll_vs_k(results: dict[Cell, dict], dataset: str, path: str | Path) -> None:
@@ -250,7 +273,8 @@ def plot_training_curves(results: dict[Cell, dict], out: str | Path, path: str |
 def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) -> None:
     """
     For every depth and k in {5, 50} with both objectives: ``reconstructions_k{k}_{n}layer.png``
-    (rows: test images, VAE, IWAE) and ``traversal_k{k}_{n}layer.png`` (VAE left, IWAE right).
+    (rows: test images, VAE, IWAE), ``traversal_k{k}_{n}layer.png`` (VAE left, IWAE right) and
+    ``unit_variances_k{k}_{n}layer.png`` (the histograms of Burda et al.'s appendix C).
     """
     out = Path(out)
     for cell in cells:
@@ -279,6 +303,9 @@ def save_side_by_side(cells: list[Cell], test: torch.Tensor, out: str | Path) ->
         plots.save_image_grids(
             path, panels, f"latent traversals, -3 to +3 sd (k={cell.particles}, {cell.layers} layers)"
         )
+        variances = {name: torch.cat(list(unit_variances(m.guide, test).values())) for name, m in models.items()}
+        title = f"activity of the latent units (k={cell.particles}, {cell.layers} layers)"
+        plots.plot_unit_variances(variances, out / f"unit_variances_{stem}.png", title=title)
 
 
 def write_results(results: dict[Cell, dict], path: str | Path) -> None:
