@@ -529,7 +529,7 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
     return text
 
 
-def plot_unit_activity(runs: list[Run], data: Data, num_images: int, path: Path) -> None:
+def plot_unit_activity(runs: list[Run], data: Data, num_images: int | None, path: Path) -> None:
     """
     The histograms of Burda et al.'s appendix C (:func:`pyro_iwae.plots.plot_unit_variances`) for each
     run's latest weights (the final ones, else its last snapshot), over its first ``num_images`` test images.
@@ -542,7 +542,8 @@ def plot_unit_activity(runs: list[Run], data: Data, num_images: int, path: Path)
             per_layer = unit_variances(stored.model(data.device).guide, test)
             variances[f"{run.display}, epoch {stored.epoch}"] = torch.cat(list(per_layer.values()))
     if variances:
-        plot_unit_variances(variances, path, title=f"activity of the latent units on {num_images} test images")
+        images = "all" if num_images is None else f"the first {num_images}"
+        plot_unit_variances(variances, path, title=f"activity of the latent units on {images} test images")
 
 
 def main(args: argparse.Namespace) -> str:

@@ -3,12 +3,16 @@ Every benchmark runs end to end at a toy size and prints its table (the figures 
 measured by hand, see benchmarks/README.md), and ``--device cuda`` without a GPU is one line.
 """
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import ROOT
+
+from pyro_iwae.checkpoints import save_weights
+from pyro_iwae.models import VAE
 
 
 def benchmark(script: str, *args: str) -> subprocess.CompletedProcess:
@@ -72,3 +76,20 @@ def test_kernels_compares_each_choice_with_its_default():
         "| DiagonalNormal(loc, scale), expand, log_prob",
         "| Adam step, fused (make_optimizer)",
     ]
+
+
+def test_table2_switching_writes_both_switches_and_their_controls(data_dir, tmp_path):
+    for objective, particles in (("elbo", 1), ("iwae", 5)):
+        config = {"objective": objective, "particles": particles, "layers": 1}
+        save_weights(tmp_path / f"{objective}.pt", VAE(), config, epoch=7)
+    flags = ["--vae", tmp_path / "elbo.pt", "--iwae", tmp_path / "iwae.pt", "--epochs", 1, "--train-size", 40]
+    flags += ["--test-size", 20, "--eval-particles", 5, "--data-dir", data_dir, "--runs", tmp_path / "runs"]
+    result = benchmark("table2_switching.py", *map(str, [*flags, "--out", tmp_path / "table"]))
+    assert result.returncode == 0, result.stderr
+    table = (tmp_path / "table" / "table.md").read_text()
+    assert "| VAE, k = 1, 7 epochs |" in table and "IWAE, k = 50:" in table and "VAE: 86.76 → 84.88 |" in table
+    runs = json.loads((tmp_path / "table" / "results.json").read_text())["runs"]
+    keys = ("before", "switched", "control")
+    configs = [(r[key]["config"]["objective"], r[key]["epochs"]) for r in runs for key in keys]
+    assert configs == [("elbo", 0), ("iwae", 1), ("elbo", 1), ("iwae", 0), ("elbo", 1), ("iwae", 1)]
+    assert all(r[key]["config"]["init_from"] == r["start"] for r in runs for key in keys)
