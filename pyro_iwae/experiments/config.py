@@ -57,7 +57,8 @@ class RunConfig:
         "iwae",
         "elbo: the VAE bound (Trace_ELBO); iwae: the k-sample importance weighted bound (RenyiELBO, alpha=0);"
         " iwae-stl, iwae-dreg: the same bound with the sticking-the-landing or the doubly reparameterized"
-        " gradient for the guide",
+        " gradient for the guide; miwae, ciwae, piwae: the objectives of Rainforth et al. (2018), with --groups or"
+        " --beta",
         checkpointed=True,
         choices=list(OBJECTIVES),
     )
