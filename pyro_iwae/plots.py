@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from pyro import poutine
+from pyro.poutine.util import prune_subsample_sites
 
 from pyro_iwae.evaluation import posterior_means
 from pyro_iwae.importance import importance_traces
@@ -156,5 +157,69 @@ def plot_unit_variances(
     axes.set_ylabel("latent units")
     axes.set_title(title or "activity of the latent units")
     axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+@torch.inference_mode()
+def log_densities_on_grid(
+    model: Callable, guide: Callable, x: torch.Tensor, site: str, grid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    ``log p(x, z)`` and ``log q(z | x)`` at every point ``z`` of ``grid``, for one data point ``x``:
+    normalized over a fine enough grid, the first is the true posterior ``p(z | x)`` (Burda et al.,
+    2016, appendix C), the second the guide's. The model's only latent must be ``site``.
+
+    :param x: ``[1, ...]``, one data point.
+    :param grid: ``[G, latent_dim]`` values of ``site``.
+    :returns: two ``[G]`` tensors.
+    """
+    xs = x.expand(grid.shape[0], *x.shape[1:])
+    densities = []
+    for fn in (model, guide):
+        trace = prune_subsample_sites(poutine.trace(poutine.condition(fn, data={site: grid})).get_trace(xs))
+        trace.compute_log_prob()
+        latents = [n for n, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+        if latents:
+            raise ValueError(f"the posterior of {site!r} alone needs it to be the only latent, but {latents} are too")
+        sites = [s for s in trace.nodes.values() if s["type"] == "sample"]
+        densities.append(sum(s["log_prob"] for s in sites))
+    return densities[0], densities[1]
+
+
+def plot_posteriors(
+    models: dict[str, tuple[Callable, Callable]],
+    images: torch.Tensor,
+    site: str,
+    path: str | os.PathLike,
+    extent: float = 3.0,
+    resolution: int = 80,
+) -> None:
+    """
+    For each model two rows of heat maps over its 2-D latent ``site`` on ``[-extent, extent]^2``: the
+    true posterior ``p(z | x)`` and the guide's ``q(z | x)``, one column per image (Burda et al., 2016,
+    appendix C, whose figure shows IWAE's guide covering more of a non-Gaussian posterior).
+
+    :param models: ``{label: (model, guide)}``.
+    :param images: ``[num_images, ...]``.
+    """
+    axis = torch.linspace(-extent, extent, resolution, device=images.device)
+    grid = torch.cartesian_prod(axis, axis)  # [resolution^2, 2], the second coordinate fastest
+    rows = [(label, kind) for label in models for kind in ("p(z | x)", "q(z | x)")]
+    figure = Figure(figsize=(1.6 * images.shape[0], 1.6 * len(rows)))
+    axes = figure.subplots(len(rows), images.shape[0], squeeze=False)
+    for column, x in enumerate(images):
+        for row, (label, kind) in enumerate(rows):
+            model, guide = models[label]
+            log_p, log_q = log_densities_on_grid(model, guide, x[None], site, grid)
+            density = (log_p if kind.startswith("p") else log_q).softmax(0).reshape(resolution, resolution)
+            ax = axes[row, column]
+            ax.imshow(
+                density.T.cpu().numpy(), origin="lower", extent=(-extent, extent, -extent, extent), cmap="viridis"
+            )
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if column == 0:
+                ax.set_ylabel(f"{label}\n{kind}", fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=100)

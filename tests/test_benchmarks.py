@@ -93,3 +93,14 @@ def test_table2_switching_writes_both_switches_and_their_controls(data_dir, tmp_
     configs = [(r[key]["config"]["objective"], r[key]["epochs"]) for r in runs for key in keys]
     assert configs == [("elbo", 0), ("iwae", 1), ("elbo", 1), ("iwae", 0), ("elbo", 1), ("iwae", 1)]
     assert all(r[key]["config"]["init_from"] == r["start"] for r in runs for key in keys)
+
+
+def test_posterior_heat_maps_draws_the_three_models(data_dir, tmp_path):
+    flags = ["--data-dir", data_dir, "--epochs", 1, "--train-size", 100, "--test-size", 10, "--eval-particles", 5]
+    result = benchmark("posterior_heat_maps.py", *map(str, [*flags, "--images", 2, "--out", tmp_path, "--no-progress"]))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "posteriors.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [
+        line for line in (tmp_path / "table.md").read_text().splitlines() if line.startswith("| ") and "NLL" not in line
+    ]
+    assert [row.split(" | ")[0] for row in rows[1:]] == ["| VAE", "| IWAE, k = 5", "| IWAE, k = 50"]

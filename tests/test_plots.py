@@ -2,9 +2,10 @@ import numpy as np
 import pyro
 import pytest
 import torch
+from linear_gaussian import LinearGaussian
 
 from pyro_iwae.models import ARCHITECTURES, VAE
-from pyro_iwae.plots import image_grid, latent_traversal, reconstructions, samples
+from pyro_iwae.plots import image_grid, latent_traversal, log_densities_on_grid, reconstructions, samples
 
 
 def test_image_grid_places_images_row_by_row():
@@ -85,3 +86,25 @@ def test_latent_traversal_moves_one_active_unit_per_row():
     # the rows meet at offset 0 (images 2, 7 and 12, the middle of each row) and differ away from it
     at_center = traversal[[2, 7, 12]]
     assert (at_center - at_center[0]).abs().max() < 1e-6 and (traversal[0] - traversal[5]).abs().max() > 1e-3
+
+
+def test_the_posterior_on_a_grid_is_the_closed_form_one():
+    """Linear-Gaussian model: p(x, z) normalized over a grid is the exact posterior N(loc, scale) there."""
+    lg = LinearGaussian(latent_dim=2, guide_shift=0.3)
+    x = lg.sample_x(1)
+    axis = torch.linspace(-4, 4, 81, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    log_joint, log_q = log_densities_on_grid(lg.model, lg.guide, x, "z", grid)
+    loc, scale = lg.posterior(x)
+    exact = torch.distributions.Normal(loc[0], scale).log_prob(grid).sum(-1)
+    assert torch.allclose(log_joint.softmax(0), exact.softmax(0), atol=1e-10)
+    # log p(x, z) itself: log p(x) + log p(z | x), not only up to a constant
+    assert torch.allclose(log_joint, lg.log_marginal(x) + exact, atol=1e-8)
+    q_loc, q_scale = lg.guide_params(x)
+    assert torch.allclose(log_q, torch.distributions.Normal(q_loc[0], q_scale).log_prob(grid).sum(-1), atol=1e-10)
+
+
+def test_the_posterior_of_one_latent_needs_it_to_be_the_only_one():
+    vae = VAE(*ARCHITECTURES[2])
+    with pytest.raises(ValueError, match=r"'z1' alone needs it to be the only latent, but \['z2'\]"):
+        log_densities_on_grid(vae.model, vae.guide, torch.zeros(1, 784), "z1", torch.zeros(4, 100))
