@@ -117,9 +117,7 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, an estimate of the negative bound."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
-        log_weights = _grouped(weights.log_weights, self.num_groups)
-        log_mean_weight = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
-        return -weights.scale * log_mean_weight.sum().item() / self.num_groups
+        return -weights.scale * _bound(weights.log_weights, self.num_groups)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
@@ -147,6 +145,13 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
             proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
             surrogate_elbo = surrogate_elbo + (learning_signal * proposal_log_density).sum()
         return surrogate_elbo / num_groups, log_mean_weight.sum().item() / num_groups
+
+
+def _bound(log_weights: torch.Tensor, num_groups: int) -> float:
+    """The mean over ``num_groups`` equal groups of the particles of ``sum_i log (1/K) sum_k w_ik``."""
+    log_weights = _grouped(log_weights, num_groups)
+    log_mean_weight = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
+    return log_mean_weight.sum().item() / num_groups
 
 
 def _grouped(log_weights: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -377,8 +382,7 @@ class PIWAE_ELBO(MIWAE_ELBO):
     def loss(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_{MK}``."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
-        log_mean_weight = weights.log_weights.logsumexp(0) - math.log(self.num_particles)
-        return -weights.scale * log_mean_weight.sum().item()
+        return -weights.scale * _bound(weights.log_weights, num_groups=1)
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_{MK}``, with IWAE's gradient for the model and MIWAE's for the guide in ``.grad``."""
