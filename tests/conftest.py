@@ -2,8 +2,14 @@ import os
 import sys
 from pathlib import Path
 
-import pyro
-import pytest
+# One thread, here and in every script a test starts (set before torch is imported): the tests
+# compare runs to the bit, and with several threads MKL's matrix products may add their partial
+# sums in an order that depends on which thread finishes first (CI once saw a last-bit difference
+# between two runs of one command).
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+
+import pyro  # noqa: E402
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tests import the example scripts as the grid does (``from mnist import main``)
