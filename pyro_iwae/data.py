@@ -1,11 +1,13 @@
 """
-MNIST, Fashion-MNIST and the fixed binarization of MNIST, read without torchvision.
+MNIST, Fashion-MNIST, the fixed binarization of MNIST and Omniglot, read without torchvision.
 
-Files are looked up in torchvision's on-disk layout under a data directory::
+Files are looked up in torchvision's on-disk layout under a data directory (Omniglot in
+Burda et al.'s, ``datasets/OMNIGLOT/chardata.mat`` in their repository)::
 
     <data_dir>/MNIST/raw/{train-images-idx3-ubyte,t10k-images-idx3-ubyte}.gz
     <data_dir>/FashionMNIST/raw/{train-images-idx3-ubyte,t10k-images-idx3-ubyte}.gz
     <data_dir>/BinarizedMNIST/binarized_mnist_{train,valid,test}.amat
+    <data_dir>/OMNIGLOT/chardata.mat
 
 Grey-scale datasets are binarized *dynamically* for training (each pixel is drawn
 as Bernoulli(intensity) every time an image is served, as in Burda et al., 2016)
@@ -23,6 +25,7 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -36,6 +39,14 @@ IMAGE_SIZE = 784
 TEST_BINARIZATION_SEED = 0
 
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+#: the variable of ``chardata.mat`` that holds each split, as Burda et al.'s ``datasets.py`` reads it
+CHARDATA_VARIABLES = {"train": "data", "test": "testdata"}
+#: how each checksum algorithm hashes a file of ``size`` bytes: a hashlib object to feed its contents to
+CHECKSUMS = {
+    "md5": lambda size: hashlib.md5(),
+    # git's object id of a file (``git hash-object``), as a repository's tree records it
+    "git-blob-sha1": lambda size: hashlib.sha1(b"blob %d\0" % size),
+}
 
 
 class DataError(RuntimeError):
@@ -46,9 +57,11 @@ class DataError(RuntimeError):
 class _Source:
     folder: str  # relative to the data directory
     files: dict[str, tuple[str, int]]  # split -> (file name, number of images)
-    md5: dict[str, str]  # file name -> md5 of the published file
+    checksums: dict[str, str]  # file name -> checksum of the published file
     mirrors: tuple[str, ...]
     dynamic_binarization: bool
+    format: str  # "idx" (gzipped idx3-ubyte), "amat" (Larochelle & Murray's text) or "chardata" (Burda's .mat)
+    checksum: str = "md5"  # the algorithm of ``checksums``: a key of CHECKSUMS
 
 
 _SOURCES = {
@@ -58,7 +71,7 @@ _SOURCES = {
             "train": ("train-images-idx3-ubyte.gz", 60000),
             "test": ("t10k-images-idx3-ubyte.gz", 10000),
         },
-        md5={
+        checksums={
             "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
         },
@@ -67,6 +80,7 @@ _SOURCES = {
             "http://yann.lecun.com/exdb/mnist/",
         ),
         dynamic_binarization=True,
+        format="idx",
     ),
     "fashion-mnist": _Source(
         folder="FashionMNIST/raw",
@@ -74,12 +88,13 @@ _SOURCES = {
             "train": ("train-images-idx3-ubyte.gz", 60000),
             "test": ("t10k-images-idx3-ubyte.gz", 10000),
         },
-        md5={
+        checksums={
             "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
             "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
         },
         mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
         dynamic_binarization=True,
+        format="idx",
     ),
     "binarized-mnist": _Source(
         folder="BinarizedMNIST",
@@ -87,12 +102,24 @@ _SOURCES = {
             "train": ("binarized_mnist_train.amat", 50000),
             "test": ("binarized_mnist_test.amat", 10000),
         },
-        md5={
+        checksums={
             "binarized_mnist_train.amat": "db28b1a6ae0fe70cbd3da91acf46e477",
             "binarized_mnist_test.amat": "14e41ae11040adba6ab8cb291eda0dd8",
         },
         mirrors=("http://www.cs.toronto.edu/~larocheh/public/datasets/binarized_mnist/",),
         dynamic_binarization=False,
+        format="amat",
+    ),
+    # Burda et al.'s 28x28 Omniglot; see _read_chardata for what was taken from their code
+    "omniglot": _Source(
+        folder="OMNIGLOT",
+        files={"train": ("chardata.mat", 24345), "test": ("chardata.mat", 8070)},
+        # the blob of datasets/OMNIGLOT/chardata.mat in the tree of yburda/iwae's master (commit 78a6075)
+        checksums={"chardata.mat": "016a3536ffe5e1d38e42563a18d7a78bfaf643ec"},
+        mirrors=("https://github.com/yburda/iwae/raw/master/datasets/OMNIGLOT/",),
+        dynamic_binarization=True,
+        format="chardata",
+        checksum="git-blob-sha1",
     ),
 }
 DATASETS = tuple(_SOURCES)
@@ -140,11 +167,7 @@ def load_dataset(
     source = _SOURCES[name]
     folder = resolve_data_dir(data_dir) / source.folder
     _ensure_files(source, folder, download)
-    read = _read_idx_images if source.dynamic_binarization else _read_amat_cached
-    train, test = (
-        torch.from_numpy(read(folder / file_name, num_images))
-        for file_name, num_images in (source.files["train"], source.files["test"])
-    )
+    train, test = (_read_split(source, folder, split) for split in ("train", "test"))
     for split, size, images in (("train", train_size, train), ("test", test_size, test)):
         if size is not None and size > images.shape[0]:
             raise DataError(
@@ -152,9 +175,8 @@ def load_dataset(
                 f" ask for at most {images.shape[0]}, or leave it out to use them all"
             )
     if source.dynamic_binarization:
-        train = train.float().div_(255)
-        test = binarize(test.float().div_(255))
-    return Dataset(name, train[:train_size].float(), test[:test_size].float(), source.dynamic_binarization)
+        test = binarize(test)
+    return Dataset(name, train[:train_size], test[:test_size], source.dynamic_binarization)
 
 
 def num_images(name: str, split: str) -> int:
@@ -192,8 +214,22 @@ def batches(
         yield batch
 
 
+def _read_split(source: _Source, folder: Path, split: str) -> torch.Tensor:
+    """
+    The ``split`` images of ``source`` as a ``[num_images, 784]`` float32 tensor of
+    intensities in [0, 1] (binary already when ``source.dynamic_binarization`` is False).
+    """
+    file_name, num_images = source.files[split]
+    path = folder / file_name
+    if source.format == "idx":
+        return torch.from_numpy(_read_idx_images(path, num_images)).float().div_(255)
+    if source.format == "amat":
+        return torch.from_numpy(_read_amat_cached(path, num_images)).float()
+    return torch.from_numpy(_read_chardata(path, CHARDATA_VARIABLES[split], num_images))
+
+
 def _ensure_files(source: _Source, folder: Path, download: bool) -> None:
-    missing = [name for name, _ in source.files.values() if not (folder / name).exists()]
+    missing = list(dict.fromkeys(name for name, _ in source.files.values() if not (folder / name).exists()))
     if not missing:
         return
     failure = ""
@@ -201,21 +237,25 @@ def _ensure_files(source: _Source, folder: Path, download: bool) -> None:
         try:
             for file_name in missing:
                 urls = [mirror + file_name for mirror in source.mirrors]
-                download_file(urls, folder / file_name, source.md5[file_name])
+                download_file(urls, folder / file_name, source.checksums[file_name], source.checksum)
             return
         except DataError as error:
             failure = f" (download failed: {error})"
     raise DataError(
-        f"missing dataset files in {folder}: {', '.join(missing)}{failure}. Put them there, or point"
-        f" --data-dir / ${DATA_DIR_ENV} at a directory holding {source.folder}/ (torchvision's layout)."
+        f"missing dataset files in {folder}: {', '.join(missing)}{failure}. Download them by hand"
+        f" ({', '.join(source.mirrors[0] + name for name in missing)}) and put them there, or point"
+        f" --data-dir / ${DATA_DIR_ENV} at a directory holding {source.folder}/."
     )
 
 
-def download_file(urls: list[str], destination: Path, md5: str) -> None:
+def download_file(urls: list[str], destination: Path, checksum: str, algorithm: str = "md5") -> None:
     """
     Download the first of ``urls`` that answers into ``destination``, with a
-    progress bar. The file only appears once its MD5 equals ``md5``: an
-    interrupted or corrupt download leaves nothing behind.
+    progress bar. The file only appears once its checksum equals ``checksum``:
+    an interrupted or corrupt download leaves nothing behind.
+
+    :param algorithm: a key of :data:`CHECKSUMS`: ``"md5"``, or ``"git-blob-sha1"``
+        for a file whose only published checksum is its git object id.
     """
     errors = []
     for url in urls:
@@ -223,20 +263,28 @@ def download_file(urls: list[str], destination: Path, md5: str) -> None:
             with urllib.request.urlopen(url, timeout=30) as response:
                 total = int(response.headers.get("Content-Length") or 0) or None
                 with (
-                    atomic_open(destination) as f,
+                    atomic_open(destination, "w+b") as f,
                     tqdm(total=total, unit="B", unit_scale=True, desc=destination.name) as bar,
                 ):
-                    digest = hashlib.md5()
                     while chunk := response.read(1 << 20):
-                        digest.update(chunk)
                         f.write(chunk)
                         bar.update(len(chunk))
-                    if digest.hexdigest() != md5:
-                        raise DataError(f"checksum mismatch for {url}: md5 {digest.hexdigest()}, expected {md5}")
+                    actual = file_checksum(f, algorithm)
+                    if actual != checksum:
+                        raise DataError(f"checksum mismatch for {url}: {algorithm} {actual}, expected {checksum}")
             return
         except OSError as error:  # URLError is an OSError
             errors.append(f"{url}: {getattr(error, 'reason', error)}")
     raise DataError("; ".join(errors))
+
+
+def file_checksum(f: IO[bytes], algorithm: str = "md5") -> str:
+    """The ``algorithm`` (a key of :data:`CHECKSUMS`) checksum of the whole of ``f``, open for reading."""
+    digest = CHECKSUMS[algorithm](f.seek(0, os.SEEK_END))
+    f.seek(0)
+    while chunk := f.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _read_idx_images(path: Path, num_images: int) -> np.ndarray:
@@ -291,4 +339,50 @@ def _read_amat_cached(path: Path, num_images: int) -> np.ndarray:
     images = _read_amat(path, num_images)
     with atomic_open(cache) as f:
         np.save(f, np.packbits(images, axis=1))
+    return images
+
+
+def _read_chardata(path: Path, variable: str, num_images: int) -> np.ndarray:
+    """
+    Read one split of Burda et al.'s 28x28 Omniglot, ``chardata.mat``, into a
+    ``[num_images, 784]`` float32 array of grey-scale intensities in [0, 1], each
+    image a row of 28 pixels after another as in MNIST.
+
+    What this takes from ``datasets.py`` of https://github.com/yburda/iwae
+    (``binarized_shuffled_omniglot``, unchanged up to commit 78a6075 of master): the file is
+    ``datasets/OMNIGLOT/chardata.mat`` of that repository (its README: "We used a
+    version of the dataset resized to 28x28 pixels available in this repository"),
+    read with ``scipy.io.loadmat``; ``variable`` is ``"data"`` (training) or
+    ``"testdata"`` (test), a ``[784, num_images]`` matrix, one image a column,
+    each stored a column of pixels after another (MATLAB's order), so Burda reads
+    ``x.T.reshape((-1, 28, 28)).reshape((-1, 784), order="fortran")``; the values
+    are intensities that are binarized dynamically (``BinarizedDatasetTheano``
+    draws ``uniform <= x`` for every minibatch), as MNIST here. Burda's code also
+    shuffles the 24,345 training images (seed 123) and keeps the last 1,345 for
+    validation; here all of them are trained on, as all of MNIST's are.
+    """
+    import scipy.io  # takes half a second: only when Omniglot is read
+    from scipy.io.matlab import MatReadError
+
+    try:
+        array = scipy.io.loadmat(path, variable_names=[variable]).get(variable)
+    except (OSError, ValueError, EOFError, zlib.error, MatReadError) as error:
+        raise DataError(f"{path} is not a readable .mat file ({error}); delete it and download it again") from error
+    if array is None:
+        raise DataError(
+            f"{path} holds no variable {variable!r}: it is not Burda et al.'s chardata.mat; delete it and download it"
+            " again"
+        )
+    if array.shape != (IMAGE_SIZE, num_images):
+        raise DataError(
+            f"{path} variable {variable!r} has shape {array.shape}, expected ({IMAGE_SIZE}, {num_images}) (one 28x28"
+            " image a column): it is not Burda et al.'s chardata.mat; delete it and download it again"
+        )
+    images = array.T.reshape(num_images, 28, 28).transpose(0, 2, 1).reshape(num_images, IMAGE_SIZE)
+    images = images.astype(np.float32)
+    if not (images.min() >= 0 and images.max() <= 1):  # also refuses NaN
+        raise DataError(
+            f"{path} variable {variable!r} holds values in [{images.min()}, {images.max()}], expected intensities in"
+            " [0, 1]"
+        )
     return images

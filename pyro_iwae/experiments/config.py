@@ -103,8 +103,8 @@ class RunConfig:
     )
     dataset: str = option(
         "mnist",
-        "mnist and fashion-mnist are binarized dynamically; binarized-mnist is the fixed binarization of"
-        " Larochelle & Murray",
+        "mnist, fashion-mnist and omniglot (Burda et al.'s 28x28 chardata.mat) are binarized dynamically;"
+        " binarized-mnist is the fixed binarization of Larochelle & Murray",
         checkpointed=True,
         choices=list(DATASETS),
     )
