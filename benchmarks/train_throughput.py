@@ -3,12 +3,15 @@ Training throughput: one Adam step of our Pyro objectives (``RenyiELBO`` / ``Tra
 vectorized particles) against the hand-written PyTorch IWAE a user would otherwise write,
 with the same networks, weights, optimizer (:func:`pyro_iwae.training.make_optimizer`) and
 batches, measured side by side in one process, with glibc told to keep freed memory
-(:func:`pyro_iwae.fast.keep_freed_memory`) as ``examples/mnist.py`` does.
+(:func:`pyro_iwae.fast.keep_freed_memory`) as ``examples/mnist.py`` does. With ``--compile``,
+two more steps join the rounds: ours compiled (:mod:`pyro_iwae.compiled`, ``--compile`` of
+``examples/mnist.py``) and the hand-written loss under ``torch.compile``.
 
-    python benchmarks/train_throughput.py
+    python benchmarks/train_throughput.py [--compile]
 
-Prints a markdown table: images/s and particles/s for each, and the ratio ours / hand-written:
-its median over interleaved rounds, with the quartiles as the spread.
+Prints a markdown table: images/s and particles/s for each, and the ratios ours / hand-written
+(and, with ``--compile``, ours compiled / hand-written and ours compiled / hand-written compiled):
+their medians over interleaved rounds, with the quartiles as the spread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import copy
 import math
 import statistics
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 from timing import add_device_argument, clock
 from torch.distributions import Normal
 
+from pyro_iwae.compiled import compile_objective
 from pyro_iwae.experiments.cli import at_least
 from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import ARCHITECTURES, VAE
@@ -65,68 +70,105 @@ def time_steps(step, batches: list[torch.Tensor]) -> float:
 
 
 def measure(
-    objective: str, layers: int, batch_size: int, num_particles: int, steps: int, rounds: int, device: torch.device
+    objective: str,
+    layers: int,
+    batch_size: int,
+    num_particles: int,
+    steps: int,
+    rounds: int,
+    device: torch.device,
+    compiled: bool = False,
 ) -> dict:
+    """Images/s of each step, and the ratios of :data:`RATIOS` (median and quartiles over the rounds)."""
     torch.manual_seed(0)
     ours = VAE(*ARCHITECTURES[layers]).to(device)
-    theirs = copy.deepcopy(ours)
-    our_optimizer = make_optimizer(ours.parameters(), lr=1e-3)
-    their_optimizer = make_optimizer(theirs.parameters(), lr=1e-3)
     elbo = make_objective(objective, num_particles)
-
-    def our_step(x):
-        our_optimizer.zero_grad(set_to_none=True)
-        elbo.loss_and_grads(ours.model, ours.guide, x)
-        our_optimizer.step()
-
-    def their_step(x):
-        their_optimizer.zero_grad(set_to_none=True)
-        hand_written_loss(theirs, x, num_particles, "elbo" if objective == "elbo" else "iwae").backward()
-        their_optimizer.step()
+    bound = "elbo" if objective == "elbo" else "iwae"
+    steps_by_name = {
+        "ours": adam_step(ours, lambda x: elbo.loss_and_grads(ours.model, ours.guide, x)),
+        "hand-written": hand_written_step(copy.deepcopy(ours), num_particles, bound, compiled=False),
+    }
+    if compiled:
+        ours_compiled = copy.deepcopy(ours)
+        compiled_elbo = compile_objective(make_objective(objective, num_particles), ours_compiled)
+        steps_by_name["ours compiled"] = adam_step(
+            ours_compiled, lambda x: compiled_elbo.loss_and_grads(ours_compiled.model, ours_compiled.guide, x)
+        )
+        steps_by_name["hand-written compiled"] = hand_written_step(
+            copy.deepcopy(ours), num_particles, bound, compiled=True
+        )
 
     batches = [torch.bernoulli(torch.full((batch_size, 784), 0.13, device=device)) for _ in range(steps)]
-    time_steps(our_step, batches[:3]), time_steps(their_step, batches[:3])  # warm up
-    ours_seconds, theirs_seconds = [], []
-    for i in range(rounds):  # interleaved, each first in every other round, so that both see the same machine
-        order = [(ours_seconds, our_step), (theirs_seconds, their_step)]
-        for seconds, step in order if i % 2 == 0 else reversed(order):
-            seconds.append(time_steps(step, batches))
+    for step in steps_by_name.values():  # warm up (and compile)
+        time_steps(step, batches[:3])
+    seconds = {name: [] for name in steps_by_name}
+    order = list(steps_by_name)
+    for i in range(rounds):  # interleaved, in turn first, so that all see the same machine
+        for name in order[i % len(order) :] + order[: i % len(order)]:
+            seconds[name].append(time_steps(steps_by_name[name], batches))
     images = batch_size * steps * rounds
-    ratios = [theirs / ours for ours, theirs in zip(ours_seconds, theirs_seconds)]
-    return dict(
-        objective=objective,
-        layers=layers,
-        batch_size=batch_size,
-        particles=num_particles,
-        ours=images / sum(ours_seconds),
-        theirs=images / sum(theirs_seconds),
-        ratio=statistics.median(ratios),
-        ratio_quartiles=statistics.quantiles(ratios, n=4)[::2],
-    )
+    row = dict(objective=objective, layers=layers, batch_size=batch_size, particles=num_particles)
+    for name, times in seconds.items():
+        row[name] = images / sum(times)
+    for numerator, denominator in RATIOS:
+        if numerator in seconds and denominator in seconds:
+            ratios = [theirs / ours for ours, theirs in zip(seconds[numerator], seconds[denominator])]
+            row[f"{numerator} / {denominator}"] = (statistics.median(ratios), statistics.quantiles(ratios, n=4)[::2])
+    return row
+
+
+#: ``(numerator, denominator)``: the speed ratios reported, each measured round by round
+RATIOS = (
+    ("ours", "hand-written"),
+    ("ours compiled", "hand-written"),
+    ("ours compiled", "hand-written compiled"),
+)
+
+
+def adam_step(vae: VAE, loss_and_grads) -> Callable[[torch.Tensor], None]:
+    """One Adam step of ``vae``'s parameters on the gradients ``loss_and_grads(x)`` leaves."""
+    optimizer = make_optimizer(vae.parameters(), lr=1e-3)
+
+    def step(x: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss_and_grads(x)
+        optimizer.step()
+
+    return step
+
+
+def hand_written_step(vae: VAE, num_particles: int, bound: str, compiled: bool) -> Callable[[torch.Tensor], None]:
+    """One Adam step on :func:`hand_written_loss`, under ``torch.compile`` (its defaults) if ``compiled``."""
+    loss = torch.compile(hand_written_loss) if compiled else hand_written_loss
+    return adam_step(vae, lambda x: loss(vae, x, num_particles, bound).backward())
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     pyro.enable_validation(False)
     keep_freed_memory()
     rows = []
+    ratios = [f"{a} / {b}" for a, b in (RATIOS if args.compile else RATIOS[:1])]
+    steps = ["ours", "hand-written"] + ["ours compiled", "hand-written compiled"] * args.compile
     print(
-        "| objective | layers | batch | k | ours img/s | hand-written img/s | ours particles/s"
-        " | ratio ours / hand (median) | quartiles |"
+        "| objective | layers | batch | k | "
+        + " | ".join(f"{name} img/s" for name in steps)
+        + " | "
+        + " | ".join(f"{ratio} (median, quartiles)" for ratio in ratios)
+        + " |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- " * (4 + len(steps) + len(ratios)) + "|")
     for objective in args.objectives:
         for layers in args.layers:
             for batch_size in args.batch_sizes:
                 for k in args.particles:
-                    steps = max(3, args.images // (batch_size * max(1, k // 5)))
-                    r = measure(objective, layers, batch_size, k, steps, args.rounds, args.device)
-                    rows.append(r)
-                    print(
-                        f"| {objective} | {layers} | {batch_size} | {k} | {r['ours']:.0f} | {r['theirs']:.0f} |"
-                        f" {r['ours'] * k:.0f} | {r['ratio']:.2f} | {r['ratio_quartiles'][0]:.2f}"
-                        f" to {r['ratio_quartiles'][1]:.2f} |",
-                        flush=True,
+                    steps_per_round = max(3, args.images // (batch_size * max(1, k // 5)))
+                    r = measure(
+                        objective, layers, batch_size, k, steps_per_round, args.rounds, args.device, args.compile
                     )
+                    rows.append(r)
+                    cells = [f"{r[name]:.0f}" for name in steps]
+                    cells += [f"{r[ratio][0]:.2f} ({r[ratio][1][0]:.2f} to {r[ratio][1][1]:.2f})" for ratio in ratios]
+                    print(f"| {objective} | {layers} | {batch_size} | {k} | " + " | ".join(cells) + " |", flush=True)
     return rows
 
 
@@ -146,6 +188,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=500, help="images per timed round at k <= 5 (fewer at larger k)")
     p.add_argument(
         "--rounds", type=at_least(2), default=20, help="interleaved rounds (>= 2); the ratio is their median"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time ours compiled (pyro_iwae.compiled) and the hand-written loss under torch.compile",
     )
     return p
 

@@ -19,6 +19,7 @@ import time
 import pyro
 
 from pyro_iwae.checkpoints import RunDirectory, initialize_from
+from pyro_iwae.compiled import compile_objective
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
 from pyro_iwae.experiments.cli import one_line_errors
@@ -48,6 +49,8 @@ def main(config: RunConfig) -> dict:
     # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0),
     # the latter with IWAE's gradient or the STL or DReG estimator of it for the guide; or MIWAE, CIWAE, PIWAE
     objective = make_objective(config.objective, config.particles, **config.objective_options())
+    if config.compile:  # the same step, traced through Pyro once and compiled
+        objective = compile_objective(objective, vae)
 
     # Adam over the learning-rate schedule, with a checkpoint after every epoch
     run = RunDirectory(config.directory, config.checkpointed_fields(), config.snapshot_every)

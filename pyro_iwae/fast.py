@@ -41,7 +41,9 @@ class Tanh(nn.Module):
 class _SigmoidTanh(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: torch.Tensor) -> torch.Tensor:
-        outputs = torch.sigmoid(2 * inputs).mul_(2).sub_(1)
+        # no tensor that autograd saves is changed in place, so that a trace of this forward
+        # (pyro_iwae.compiled) can be differentiated
+        outputs = (2 * inputs).sigmoid_().mul(2).sub_(1)
         ctx.save_for_backward(outputs)
         return outputs
 

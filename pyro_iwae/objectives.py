@@ -75,6 +75,18 @@ class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
             )
         return model_trace, guide_trace
 
+    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        The ELBO of ``num_particles`` particles as ``(surrogate_loss, loss)`` tensors, the first's
+        gradient that of ``Trace_ELBO`` (its score-function term included), from the same
+        per-data-point weights as the IWAE objectives: the ELBO is MIWAE(k, 1), ``k`` bounds of one
+        particle each. Tensors only, no ``.item()``: :mod:`pyro_iwae.compiled` traces it.
+        """
+        ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
+        weights = importance_weights(model_trace, guide_trace)
+        surrogate_elbo, bound = _surrogate(weights, num_groups=self.num_particles)
+        return -weights.scale * surrogate_elbo, -weights.scale * bound
+
 
 class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
     """
@@ -121,30 +133,42 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
+        surrogate_loss, loss = self.surrogate_loss(model, guide, *args, **kwargs)
+        if surrogate_loss.requires_grad:
+            surrogate_loss.backward()
+        return loss.item()
+
+    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        ``(surrogate_loss, loss)``: a scalar whose gradient is the estimator's, and ``-L_k``.
+        Tensors only, no ``.item()``: :mod:`pyro_iwae.compiled` traces it.
+        """
         weights = self.importance_weights(model, guide, *args, **kwargs)
         surrogate_elbo, bound = self.surrogate(weights)
-        if surrogate_elbo.requires_grad:
-            (-(weights.scale * surrogate_elbo)).backward()
-        return -weights.scale * bound
+        return -weights.scale * surrogate_elbo, -weights.scale * bound
 
-    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, float]:
+    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """
         A surrogate whose gradient is the estimator's, and the bound: the mean of ``num_groups``
         (default :attr:`num_groups`) IWAE bounds over as many equal groups of the particles.
         """
-        num_groups = self.num_groups if num_groups is None else num_groups
-        log_weights = _grouped(weights.log_weights, num_groups)
-        group_size = log_weights.shape[0]
-        elbo_particles = log_weights.detach()
-        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
-        # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
-        normalized_weights = (elbo_particles - log_mean_weight).exp()
-        surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
-        if weights.proposal_log_density is not None:
-            learning_signal = vimco_learning_signal(elbo_particles)
-            proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
-            surrogate_elbo = surrogate_elbo + (learning_signal * proposal_log_density).sum()
-        return surrogate_elbo / num_groups, log_mean_weight.sum().item() / num_groups
+        return _surrogate(weights, self.num_groups if num_groups is None else num_groups)
+
+
+def _surrogate(weights: ImportanceWeights, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:meth:`IWAE_ELBO.surrogate`: scalar tensors, both to be multiplied by ``weights.scale``."""
+    log_weights = _grouped(weights.log_weights, num_groups)
+    group_size = log_weights.shape[0]
+    elbo_particles = log_weights.detach()
+    log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
+    # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
+    normalized_weights = (elbo_particles - log_mean_weight).exp()
+    surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
+    if weights.proposal_log_density is not None:
+        learning_signal = vimco_learning_signal(elbo_particles)
+        proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
+        surrogate_elbo = surrogate_elbo + (learning_signal * proposal_log_density).sum()
+    return surrogate_elbo / num_groups, log_mean_weight.sum() / num_groups
 
 
 def _bound(log_weights: torch.Tensor, num_groups: int) -> float:
@@ -353,12 +377,12 @@ class CIWAE_ELBO(IWAE_ELBO):
         weights = self.importance_weights(model, guide, *args, **kwargs)
         return -weights.scale * self._combined(weights.log_weights).sum().item()
 
-    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, float]:
+    def surrogate(self, weights: ImportanceWeights, num_groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if weights.proposal_log_density is not None:
             raise ValueError(_needs_reparameterized_latents(self))
         iwae_surrogate, _ = super().surrogate(weights)
         elbo_surrogate = weights.log_weights.mean(0).sum()
-        combined = self._combined(weights.log_weights.detach()).sum().item()
+        combined = self._combined(weights.log_weights.detach()).sum()
         return self.beta * elbo_surrogate + (1 - self.beta) * iwae_surrogate, combined
 
     def _combined(self, log_weights: torch.Tensor) -> torch.Tensor:
@@ -406,7 +430,7 @@ class PIWAE_ELBO(MIWAE_ELBO):
                 for leaf, grad in zip(leaves, grads):
                     if grad is not None:
                         leaf.grad = grad if leaf.grad is None else leaf.grad + grad
-        return -weights.scale * bound
+        return -weights.scale * bound.item()
 
 
 def _parameters(trace: Trace) -> dict[str, torch.Tensor]:

@@ -1,0 +1,105 @@
+"""The compiled step (pyro_iwae.compiled) computes what the eager objectives compute, on the same random numbers."""
+
+import copy
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_iwae.compiled import compile_objective
+from pyro_iwae.experiments.config import ConfigError, RunConfig
+from pyro_iwae.models import VAE
+from pyro_iwae.objectives import make_objective
+
+
+def steps(vae, objective, batches, seed=1):
+    """The loss and the gradients of each of a few steps, from one seed (no parameter update)."""
+    pyro.set_rng_seed(seed)
+    results = []
+    for x in batches:
+        for p in vae.parameters():
+            p.grad = None
+        loss = objective.loss_and_grads(vae.model, vae.guide, x)
+        results.append((loss, [p.grad.clone() for p in vae.parameters()]))
+    return results
+
+
+def assert_same_steps(eager, compiled, rtol):
+    for (eager_loss, eager_grads), (compiled_loss, compiled_grads) in zip(eager, compiled):
+        assert compiled_loss == pytest.approx(eager_loss, rel=1e-6)
+        for a, b in zip(eager_grads, compiled_grads):
+            torch.testing.assert_close(b, a, rtol=rtol, atol=rtol * a.abs().max().item())
+
+
+@pytest.fixture
+def vae_and_batches():
+    torch.manual_seed(0)
+    vae = VAE((30, 20), (6, 4))  # two stochastic layers: a latent that the guide's next layer reads
+    batches = [torch.bernoulli(torch.full((5, 784), 0.3)) for _ in range(3)]
+    return vae, batches
+
+
+@pytest.mark.parametrize(
+    "name, k, options",
+    [("elbo", 1, {}), ("elbo", 3, {}), ("iwae", 3, {}), ("miwae", 2, {"num_groups": 2}), ("ciwae", 3, {"beta": 0.3})],
+)
+def test_the_traced_step_is_the_eager_step(vae_and_batches, name, k, options):
+    # the eager elbo is Pyro's Trace_ELBO, an independent computation of the same estimator
+    vae, batches = vae_and_batches
+    eager = steps(vae, make_objective(name, k, **options), batches)
+    twin = copy.deepcopy(vae)
+    compiled = compile_objective(make_objective(name, k, **options), twin, backend="aot_eager")
+    assert_same_steps(eager, steps(twin, compiled, batches), rtol=1e-5)
+
+
+def test_inductor_compiles_the_step_to_the_same_numbers(vae_and_batches):
+    vae, batches = vae_and_batches
+    eager = steps(vae, make_objective("iwae", 3), batches)
+    twin = copy.deepcopy(vae)
+    # fused kernels round differently from eager ones: equal to float32 rounding, not to the bit
+    assert_same_steps(eager, steps(twin, compile_objective(make_objective("iwae", 3), twin), batches), rtol=1e-3)
+
+
+def test_a_backend_that_fails_falls_back_to_the_eager_step(vae_and_batches):
+    vae, batches = vae_and_batches
+    eager = steps(vae, make_objective("iwae", 3), batches)
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    twin = copy.deepcopy(vae)
+    compiled = compile_objective(make_objective("iwae", 3), twin, backend=broken_backend)
+    with pytest.warns(UserWarning, match="could not be compiled"):
+        fallen_back = steps(twin, compiled, batches)
+    for (eager_loss, eager_grads), (loss, grads) in zip(eager, fallen_back):  # to the bit: the same eager code
+        assert loss == eager_loss and all(torch.equal(a, b) for a, b in zip(eager_grads, grads))
+
+
+def test_a_parameter_outside_the_module_is_refused():
+    net = nn.Linear(2, 2)
+
+    def model(x):
+        pyro.module("net", net)
+        shift = pyro.param("shift", torch.zeros(2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(net(z) + shift, 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x, 1.0).to_event(1))
+
+    objective = compile_objective(make_objective("iwae", 3), net, backend="aot_eager")
+    with pytest.raises(ValueError, match="parameter \\(shift\\) that is not in the module"):
+        objective.loss_and_grads(model, guide, torch.randn(4, 2))
+
+
+@pytest.mark.parametrize("name", ["iwae-stl", "iwae-dreg", "piwae"])
+def test_objectives_with_more_than_one_backward_pass_are_refused(name):
+    options = {"num_groups": 2} if name == "piwae" else {}
+    with pytest.raises(ValueError, match="cannot be compiled"):
+        compile_objective(make_objective(name, 2, **options), VAE())
+    with pytest.raises(ConfigError, match="--compile works with --objective elbo, iwae, miwae, ciwae"):
+        RunConfig(objective=name, compile=True, **{"groups": 2} if name == "piwae" else {})
