@@ -77,6 +77,7 @@ def main(config: RunConfig) -> dict:
         num_particles=config.eval_particles,
         batch_size=config.eval_batch_size,
         progress=config.progress,
+        compile=config.compile,
     )
     eval_seconds = time.perf_counter() - start
     active = active_units(vae.guide, test)

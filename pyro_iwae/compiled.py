@@ -1,5 +1,5 @@
 """
-A training step without Pyro's overhead: the objective traced once, then compiled.
+A training step (and an evaluator pass) without Pyro's overhead: traced once, then compiled.
 
 At the batch sizes and particle counts people train with (batch 20, k = 1 or 5), a step of a
 Pyro objective spends more time in Python (running the model and guide under Pyro's handlers,
@@ -18,13 +18,17 @@ graph as a constant, and never learn) and the objectives whose gradient is not o
 (:data:`COMPILABLE` lists those it can compile). The graph is specific to the shapes of the
 step's arguments: a batch of another size is traced and compiled again (once). Where the backend
 cannot compile (inductor needs a C++ compiler on the CPU), the step warns once and runs eagerly.
+
+:class:`CompiledFunction` is the tool underneath, for any function of tensors that runs Pyro
+code; :func:`~pyro_iwae.evaluation.log_likelihood` compiles its passes with it (``compile=True``),
+where inductor fuses the element-wise work after each matmul (``softplus``, ``x . l``, the sums).
 """
 
 from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pyro
 import pyro.util
@@ -39,6 +43,43 @@ from pyro_iwae.objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, VAE_ELBO
 COMPILABLE = (VAE_ELBO, IWAE_ELBO, MIWAE_ELBO, CIWAE_ELBO)
 
 
+class CompiledFunction:
+    """
+    ``fn``, a function of tensors that may run Pyro code, traced once on ``example_args`` into a graph
+    of tensor operations (:func:`~torch.fx.experimental.proxy_tensor.make_fx`) and compiled by
+    :func:`torch.compile`; call it with tensors of the example's shapes.
+
+    The trace leaves the random number generators as it found them, and the compiled graph draws
+    with PyTorch's own generators (inductor's ``fallback_random``), so a call draws what ``fn``
+    would have drawn. A tensor ``fn`` reads besides its arguments is a constant of the graph.
+    Pyro's validation is off in the trace: its checks read tensors' values, which a trace cannot
+    (as in :mod:`pyro.ops.jit`). Where the backend cannot compile (inductor needs a C++ compiler on
+    the CPU), the first call warns and every call runs ``fn`` itself.
+
+    :ivar graph: the traced :class:`torch.fx.GraphModule`.
+    """
+
+    def __init__(self, fn: Callable, example_args: Sequence, backend: str | Callable = "inductor") -> None:
+        self.fn = fn
+        rng_state = pyro.util.get_rng_state()
+        try:
+            with pyro.validation_enabled(False):
+                self.graph = make_fx(fn)(*example_args)
+        finally:
+            pyro.util.set_rng_state(rng_state)
+        options = {"fallback_random": True} if backend == "inductor" else None
+        self._compiled: Callable | None = torch.compile(self.graph, backend=backend, options=options, dynamic=False)
+
+    def __call__(self, *args):
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args)
+            except torch._dynamo.exc.BackendCompilerFailed as error:  # on the first call, before any draw
+                warnings.warn(f"could not compile {self.fn.__name__}, so it runs uncompiled: {error}", stacklevel=2)
+                self._compiled = None
+        return self.fn(*args)
+
+
 class CompiledObjective:
     """
     ``objective`` with :meth:`loss_and_grads` compiled (see the module's docstring); every other
@@ -50,7 +91,7 @@ class CompiledObjective:
     :param backend: :func:`torch.compile`'s backend (``"inductor"``: generated C++ or Triton kernels).
     """
 
-    def __init__(self, objective: ELBO, module: nn.Module, backend: str = "inductor") -> None:
+    def __init__(self, objective: ELBO, module: nn.Module, backend: str | Callable = "inductor") -> None:
         if type(objective) not in COMPILABLE:
             names = ", ".join(cls.__name__ for cls in COMPILABLE)
             raise ValueError(
@@ -60,7 +101,7 @@ class CompiledObjective:
         self.objective = objective
         self.module = module
         self.backend = backend
-        self._steps: dict[tuple, Callable | None] = {}  # None: could not compile, runs eagerly
+        self._steps: dict[tuple, CompiledFunction] = {}
 
     def __getattr__(self, name: str):
         return getattr(self.objective, name)
@@ -74,44 +115,28 @@ class CompiledObjective:
         key = tuple((arg.shape, arg.dtype, arg.device) for arg in args) + (model, guide)
         if key not in self._steps:
             self._steps[key] = self._compile(model, guide, args)
-        step = self._steps[key]
-        if step is None:
-            return self.objective.loss_and_grads(model, guide, *args)
-        try:
-            surrogate_loss, loss = step(list(self.module.parameters()), *args)
-        except torch._dynamo.exc.BackendCompilerFailed as error:  # compiled on the first call, before any draw
-            warnings.warn(f"the training step could not be compiled, so it runs uncompiled: {error}", stacklevel=2)
-            self._steps[key] = None
-            return self.objective.loss_and_grads(model, guide, *args)
+        surrogate_loss, loss = self._steps[key](list(self.module.parameters()), *args)
         if surrogate_loss.requires_grad:
             surrogate_loss.backward()
         return loss.item()
 
-    def _compile(self, model: Callable, guide: Callable, args: tuple[torch.Tensor, ...]) -> Callable:
-        """Trace ``surrogate_loss(model, guide, *args)`` into a graph, and compile it."""
+    def _compile(self, model: Callable, guide: Callable, args: tuple[torch.Tensor, ...]) -> CompiledFunction:
+        """``surrogate_loss(model, guide, *args)`` as a function of the parameters and ``args``, compiled."""
         objective, module = self.objective, self.module
         names = [name for name, _ in module.named_parameters()]
-        # what runs only to set up the trace leaves the random number generators as they were,
-        # so that the compiled steps draw what eager steps would
-        rng_state = pyro.util.get_rng_state()
-        try:
-            if objective.max_plate_nesting == float("inf"):
-                objective._guess_max_plate_nesting(model, guide, args, {})
+        if objective.max_plate_nesting == float("inf"):  # leaves the generators as they were
+            objective._guess_max_plate_nesting(model, guide, args, {})
 
-            def step(parameters: list[torch.Tensor], *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                # the checks of validation read tensors' values, which a trace cannot (as pyro.ops.jit)
-                with _parameters_replaced(module, dict(zip(names, parameters))), pyro.validation_enabled(False):
-                    return objective.surrogate_loss(model, guide, *args)
+        def surrogate_loss(parameters: list[torch.Tensor], *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with _parameters_replaced(module, dict(zip(names, parameters))):
+                return objective.surrogate_loss(model, guide, *args)
 
-            graph = make_fx(step)(list(module.parameters()), *args)
-        finally:
-            pyro.util.set_rng_state(rng_state)
-        _refuse_frozen_parameters(graph)
-        options = {"fallback_random": True} if self.backend == "inductor" else None
-        return torch.compile(graph, backend=self.backend, options=options, dynamic=False)
+        step = CompiledFunction(surrogate_loss, (list(module.parameters()), *args), self.backend)
+        _refuse_frozen_parameters(step.graph)
+        return step
 
 
-def compile_objective(objective: ELBO, module: nn.Module, backend: str = "inductor") -> CompiledObjective:
+def compile_objective(objective: ELBO, module: nn.Module, backend: str | Callable = "inductor") -> CompiledObjective:
     """``objective`` with its training step traced once and compiled: :class:`CompiledObjective`."""
     return CompiledObjective(objective, module, backend)
 

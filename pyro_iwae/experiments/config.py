@@ -149,8 +149,9 @@ class RunConfig:
     resume: bool = option(False, "continue from the checkpoint in --out")
     compile: bool = option(
         False,
-        "trace the training step once and compile it with torch.compile (pyro_iwae.compiled): the same step without"
-        " Pyro's per-step overhead, for elbo, iwae, miwae and ciwae; each batch shape compiles once (a minute)",
+        "trace the training step and the evaluator's passes once and compile them with torch.compile"
+        " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; elbo, iwae,"
+        " miwae and ciwae; each shape compiles once (seconds to a minute)",
     )
     snapshot_every: int | None = option(
         None,
