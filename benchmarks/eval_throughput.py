@@ -10,7 +10,9 @@ matmul peak and against a naive evaluator, measured in one run.
   matmuls (2 * in * out per row of every linear layer; the first encoder layer runs once per
   image, everything else once per particle);
 - naive: one image and one particle at a time (a trace per particle, as with
-  ``pyro.infer.Importance``), on a few images.
+  ``pyro.infer.Importance``), on a few images;
+- with ``--compile``, ours compiled (``log_likelihood(..., compile=True)``): its rate with the
+  compile time, and its steady rate, that of its compiled pass called again and again.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from timing import add_device_argument, clock
 from torch import nn
 
+from pyro_iwae.compiled import CompiledFunction
 from pyro_iwae.evaluation import default_particle_chunk_size, log_likelihood
 from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.importance import log_importance_weights
@@ -68,6 +71,22 @@ def naive_log_likelihood(vae: VAE, x: torch.Tensor, num_particles: int) -> torch
     )
 
 
+@torch.inference_mode()
+def compiled_pass_rate(vae: VAE, x: torch.Tensor, num_particles: int, passes: int = 20) -> float:
+    """Particles/s of the compiled pass of ``log_likelihood(..., compile=True)`` on ``x``, after compiling it."""
+
+    def log_weights(x: torch.Tensor) -> torch.Tensor:
+        return log_importance_weights(vae.model, vae.guide, x, num_particles=num_particles)
+
+    with torch.inference_mode(False), torch.no_grad():
+        compiled = CompiledFunction(log_weights, (x,))
+    compiled(x)
+    start = clock(x.device)
+    for _ in range(passes):
+        compiled(x)
+    return passes * x.shape[0] * num_particles / (clock(x.device) - start)
+
+
 def main(args: argparse.Namespace) -> dict:
     pyro.enable_validation(False)
     keep_freed_memory()
@@ -88,6 +107,20 @@ def main(args: argparse.Namespace) -> dict:
         particle_chunk_size=chunk,
     )
     ours_seconds = clock(device) - start
+    compiled_rate = compiled_total_rate = None
+    if args.compile:
+        start = clock(device)
+        log_likelihood(
+            vae.model,
+            vae.guide,
+            x,
+            num_particles=args.eval_particles,
+            batch_size=args.eval_batch_size,
+            particle_chunk_size=chunk,
+            compile=True,
+        )
+        compiled_total_rate = args.images * args.eval_particles / (clock(device) - start)
+        compiled_rate = compiled_pass_rate(vae, x[: args.eval_batch_size], chunk)
     start = clock(device)
     naive_log_likelihood(vae, x[: args.naive_images], args.naive_particles)
     naive_seconds = clock(device) - start
@@ -112,6 +145,13 @@ def main(args: argparse.Namespace) -> dict:
     print("| --- | --- | --- | --- |")
     print(f"| 2048x2048 fp32 matmul (peak) | | {peak:.1f} | 1.00 |")
     print(f"| ours (vectorized, chunked) | {ours_rate:,.0f} | {gflops:.1f} | {gflops / peak:.2f} |")
+    if compiled_rate is not None:
+        compiled_gflops = compiled_rate * flops_per_particle(vae, args.eval_particles) / 1e9
+        result.update(compiled_particles_per_s=compiled_rate, compiled_fraction_of_peak=compiled_gflops / peak)
+        print(
+            f"| ours compiled, steady | {compiled_rate:,.0f} | {compiled_gflops:.1f} | {compiled_gflops / peak:.2f} |"
+        )
+        print(f"| ours compiled, compile time included | {compiled_total_rate:,.0f} | | |")
     naive_gflops = naive_rate * flops_per_particle(vae, 1) / 1e9
     print(f"| naive (a trace per particle) | {naive_rate:,.0f} | {naive_gflops:.2f} | {naive_gflops / peak:.3f} |")
     print(
@@ -131,6 +171,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--particle-chunk-size", type=int, default=None, help="(default: the evaluator's)")
     p.add_argument("--naive-images", type=int, default=2)
     p.add_argument("--naive-particles", type=int, default=500)
+    p.add_argument("--compile", action="store_true", help="also time log_likelihood(..., compile=True)")
     return p
 
 

@@ -1,6 +1,7 @@
 """Importance Weighted Autoencoders (Burda et al., 2016) in Pyro."""
 
 from pyro_iwae.checkpoints import load_model
+from pyro_iwae.compiled import compile_objective
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_likelihood
 from pyro_iwae.fast import keep_freed_memory
@@ -21,6 +22,7 @@ __all__ = [
     "active_units",
     "burda_learning_rates",
     "check_data_plate",
+    "compile_objective",
     "importance_weights",
     "keep_freed_memory",
     "load_dataset",
