@@ -14,10 +14,11 @@ numbers as the eager step draws, so losses and gradients agree with eager ones t
 rounding (``tests/test_compiled.py``), and a run can be stopped and resumed as before.
 
 What a trace cannot see, it refuses: a parameter outside ``module`` (it would be frozen into the
-graph as a constant, and never learn) and the objectives whose gradient is not one backward pass of one scalar
-(:data:`COMPILABLE` lists those it can compile). The graph is specific to the shapes of the
-step's arguments: a batch of another size is traced and compiled again (once). Where the backend
-cannot compile (inductor needs a C++ compiler on the CPU), the step warns once and runs eagerly.
+graph as a constant, and never learn) and an objective whose gradient is not one backward pass of
+one scalar (DReG's and PIWAE's take two; :data:`COMPILABLE` lists those it can compile). The graph
+is specific to the shapes of the step's arguments: a batch of another size is traced and compiled
+again (once). Where the backend cannot compile (inductor needs a C++ compiler on the CPU), the
+step warns once and runs eagerly.
 
 :class:`CompiledFunction` is the tool underneath, for any function of tensors that runs Pyro
 code; :func:`~pyro_iwae.evaluation.log_likelihood` compiles its passes with it (``compile=True``),
@@ -37,10 +38,10 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_iwae.objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, VAE_ELBO
+from pyro_iwae.objectives import CIWAE_ELBO, IWAE_ELBO, IWAE_STL, MIWAE_ELBO, VAE_ELBO
 
 #: the objectives whose step is one backward pass of :meth:`surrogate_loss`
-COMPILABLE = (VAE_ELBO, IWAE_ELBO, MIWAE_ELBO, CIWAE_ELBO)
+COMPILABLE = (VAE_ELBO, IWAE_ELBO, IWAE_STL, MIWAE_ELBO, CIWAE_ELBO)
 
 
 class CompiledFunction:

@@ -23,6 +23,7 @@ is found from one trace unless given, as in Pyro's ELBOs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import pyro
 import torch
@@ -212,7 +213,7 @@ class _PathwiseIWAE(IWAE_ELBO):
     """
     The IWAE bound with a gradient estimator whose guide part flows only through
     the reparameterized samples ``z = z(phi, eps)``; the base of :class:`IWAE_STL`
-    and :class:`IWAE_DReG`, which differ only in :attr:`guide_weight_power`.
+    and :class:`IWAE_DReG`, which differ in the ``power`` below.
 
     With normalized weights ``v_l = w_l / sum_m w_m`` (``[k, batch_size]``, treated
     as constants) the gradient is::
@@ -220,27 +221,25 @@ class _PathwiseIWAE(IWAE_ELBO):
         model parameters theta:  sum_l v_l dlog p(x, z_l)/dtheta           (as IWAE's)
         guide parameters phi:    sum_l v_l^power dlog w_l/dz_l dz_l/dphi    (q's own phi-dependence stopped)
 
-    In one pass: the model is run on detached copies of the samples, so that its
-    backward pass gives the model's gradient and ``dlog p/dz``; the guide's backward
-    pass then carries ``v^(power - 1) dlog p/dz`` into ``z``, plus
-    ``v^power (log q(z) - log q(stop_gradient(z)))``, whose gradient is the part of
-    ``dlog q/dphi`` that goes through ``z``. A parameter that both use (a VampPrior's
+    Both need ``log q(stop_gradient(z))``, whose gradient is q's own dependence on phi, so
+    that ``log q(z) - log q(stop_gradient(z))`` has the gradient of ``log q`` through ``z``
+    only: the guide runs a second time, on the detached samples. That is one more pass
+    through a Gaussian guide, but through a flow guide the flows' inverse, which Pyro
+    computes for an autoregressive flow one latent dimension at a time (the costs measured
+    are in the README). A parameter that both the model and the guide use (a VampPrior's
     encoder) gets both parts.
 
-    ``log q(stop_gradient(z))`` runs the guide a second time, on the detached samples:
-    one more pass through a Gaussian guide, but through a flow guide the flows' inverse,
-    which Pyro computes for an autoregressive flow one latent dimension at a time (the
-    costs measured are in the README).
-
-    ``loss`` is the IWAE bound itself; only ``loss_and_grads`` differs from
-    :class:`IWAE_ELBO`. Every latent site of the guide must be reparameterized.
+    ``loss`` is the IWAE bound itself. Every latent site of the guide must be reparameterized.
     """
 
-    guide_weight_power: int
-
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+    def _traces(self, model, guide, args, kwargs, path_values: Callable[[torch.Tensor], torch.Tensor]):
         """
-        :returns: the IWAE loss ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter.
+        The guide's trace, its latents ``z``, the model's trace at ``path_values(z)`` and the
+        guide's trace at the detached ``z``, all in a particle plate; with their weights.
+
+        :returns: ``(latents, model_values, weights, log_q_fixed_z)``: ``{name: z}``, ``{name:
+            path_values(z)}``, the :class:`~pyro_iwae.importance.ImportanceWeights` of the model's
+            and the guide's traces, and ``[k, batch_size]`` ``log q(stop_gradient(z))``.
         """
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -250,44 +249,24 @@ class _PathwiseIWAE(IWAE_ELBO):
         def particles(fn):
             return pyro.plate("num_particles_vectorized", self.num_particles, dim=particle_dim)(fn)
 
+        def trace_at(fn, values):
+            replayed = poutine.replay(particles(fn), trace=_with_values(guide_trace, values))
+            return prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
+
         guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
         latents = _reparameterized_latents(prune_subsample_sites(guide_trace))
-        # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
-        boundary = {name: value.detach().requires_grad_() for name, value in latents.items()}
-        model_trace = poutine.trace(poutine.replay(particles(model), trace=_with_values(guide_trace, boundary)))
-        model_trace = model_trace.get_trace(*args, **kwargs)
-        # the guide's density at z held fixed: its gradient is q's own dependence on phi
-        fixed_z = {name: value.detach() for name, value in latents.items()}
-        fixed_z_trace = poutine.trace(poutine.replay(particles(guide), trace=_with_values(guide_trace, fixed_z)))
-        fixed_z_trace = fixed_z_trace.get_trace(*args, **kwargs)
-        model_trace, guide_trace, fixed_z_trace = map(prune_subsample_sites, (model_trace, guide_trace, fixed_z_trace))
-        weights = importance_weights(model_trace, guide_trace)
+        model_values = {name: path_values(value) for name, value in latents.items()}
+        model_trace = trace_at(model, model_values)
+        fixed_z_trace = trace_at(guide, {name: value.detach() for name, value in latents.items()})
+        weights = importance_weights(model_trace, prune_subsample_sites(guide_trace))
         if weights.proposal_log_density is not None:
             raise ValueError(
                 f"{type(self).__name__} differentiates through every sample, but the model samples a latent that"
                 " the guide lacks and that cannot be reparameterized: sample it in the guide, or use the iwae"
                 " objective (make_objective('iwae', k)), whose score-function term handles it"
             )
-        log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
         log_q_fixed_z = importance_weights(model_trace, fixed_z_trace).guide_log_density
-        log_weights = (log_p - log_q).detach()
-        weights_v = (log_weights - log_weights.logsumexp(0)).exp()  # v
-        guide_weights = weights_v**self.guide_weight_power
-        path_weights = weights_v ** (self.guide_weight_power - 1)  # not guide_weights / v: a weight can be 0
-
-        # the model's gradient, and dlog p/dz at the boundary (times -v)
-        model_loss = -(weights.scale * (weights_v * log_p).sum())
-        if model_loss.requires_grad:
-            model_loss.backward()
-        # the guide's gradient through z: v^power dlog w/dz dz/dphi
-        guide_loss = (guide_weights * (log_q - log_q_fixed_z)).sum()
-        for name, value in latents.items():
-            if boundary[name].grad is not None:
-                scale = path_weights.reshape(path_weights.shape + (1,) * (value.dim() - path_weights.dim()))
-                guide_loss = guide_loss + (value * (scale * boundary[name].grad)).sum()
-        if guide_loss.requires_grad:  # a guide with parameters
-            (weights.scale * guide_loss).backward()
-        return -weights.scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum().item()
+        return latents, model_values, weights, log_q_fixed_z
 
 
 class IWAE_STL(_PathwiseIWAE):
@@ -299,12 +278,25 @@ class IWAE_STL(_PathwiseIWAE):
     posterior, but for ``k > 1`` it is **biased**: the dropped term does not have
     zero mean once multiplied by ``v_l`` (Tucker et al., 2019, section 4). The model's
     gradient is IWAE's.
+
+    Model and path share the weight ``v``, so one surrogate, one backward pass, gives the
+    gradient (and :mod:`pyro_iwae.compiled` can compile it)::
+
+        sum_l v_l (log p(x, z_l) - log q(z_l) + log q(stop_gradient(z_l)))
     """
 
     #: its name in tables and plots
     label = "IWAE-STL"
 
-    guide_weight_power = 1
+    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(surrogate_loss, loss)``: the estimator's surrogate (above) and ``-L_k``, as tensors."""
+        _, _, weights, log_q_fixed_z = self._traces(model, guide, args, kwargs, lambda z: z)
+        log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
+        log_weights = (log_p - log_q).detach()
+        weights_v = (log_weights - log_weights.logsumexp(0)).exp()
+        surrogate_elbo = (weights_v * (log_p - log_q + log_q_fixed_z)).sum()
+        bound = (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
+        return -weights.scale * surrogate_elbo, -weights.scale * bound
 
 
 class IWAE_DReG(_PathwiseIWAE):
@@ -314,12 +306,47 @@ class IWAE_DReG(_PathwiseIWAE):
     ``sum_l v_l^2 dlog w_l/dz_l dz_l/dphi``, an unbiased estimator of IWAE's guide
     gradient whose signal-to-noise ratio does not vanish as ``k`` grows
     (Rainforth et al., 2018). The model's gradient is IWAE's.
+
+    The model's parameters take weight ``v`` and the path through ``z`` weight ``v^2``, so
+    the gradient takes two backward passes: the model runs on leaf copies of ``z``, and its
+    backward pass gives the model's gradient and ``dlog p/dz`` there; the guide's backward
+    pass then carries ``v dlog p/dz`` into ``z``, plus ``v^2 (log q(z) - log q(stop_gradient(z)))``.
+    (One surrogate would need ``v`` before the model runs: a second model pass, which costs
+    more than the second backward pass.)
     """
 
     #: its name in tables and plots
     label = "IWAE-DReG"
 
-    guide_weight_power = 2
+    def surrogate_loss(self, model, guide, *args, **kwargs):
+        raise NotImplementedError(
+            "IWAE_DReG's gradient takes two backward passes (see its docstring), not one surrogate: use loss_and_grads"
+        )
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        """
+        :returns: the IWAE loss ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter.
+        """
+        # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
+        latents, boundary, weights, log_q_fixed_z = self._traces(
+            model, guide, args, kwargs, lambda z: z.detach().requires_grad_()
+        )
+        log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
+        log_weights = (log_p - log_q).detach()
+        weights_v = (log_weights - log_weights.logsumexp(0)).exp()  # v
+        # the model's gradient, and dlog p/dz at the boundary (times -v)
+        model_loss = -(weights.scale * (weights_v * log_p).sum())
+        if model_loss.requires_grad:
+            model_loss.backward()
+        # the guide's gradient through z: v^2 dlog w/dz dz/dphi
+        guide_loss = (weights_v**2 * (log_q - log_q_fixed_z)).sum()
+        for name, value in latents.items():
+            if boundary[name].grad is not None:
+                scale = weights_v.reshape(weights_v.shape + (1,) * (value.dim() - weights_v.dim()))
+                guide_loss = guide_loss + (value * (scale * boundary[name].grad)).sum()
+        if guide_loss.requires_grad:  # a guide with parameters
+            (weights.scale * guide_loss).backward()
+        return -weights.scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum().item()
 
 
 class MIWAE_ELBO(IWAE_ELBO):

@@ -150,8 +150,8 @@ class RunConfig:
     compile: bool = option(
         False,
         "trace the training step and the evaluator's passes once and compile them with torch.compile"
-        " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; elbo, iwae,"
-        " miwae and ciwae; each shape compiles once (seconds to a minute)",
+        " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; every"
+        " objective but iwae-dreg and piwae; each shape compiles once (seconds to a minute)",
     )
     snapshot_every: int | None = option(
         None,
