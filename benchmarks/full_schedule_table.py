@@ -20,9 +20,11 @@ For every run directory it writes to ``--out``:
   active units, epochs and training time, in ``results.json`` and ``table.md``, and the final
   weights in ``weights/<run>.pt`` (:func:`pyro_iwae.checkpoints.save_weights`'s format).
 
-Every evaluation starts from ``pyro.set_rng_seed(0)``, so it is deterministic, and is cached in
-``evaluations.json`` under the digest of the weights it scored: a rerun only scores new snapshots
-(``--rescore`` scores everything again, after a change to the evaluator).
+Every evaluation draws batch ``i`` of its images from a seed made of 0 and ``i``
+(``log_likelihood(..., seed=0)``, as ``examples/mnist.py`` and ``examples/evaluate.py`` score), so it is
+deterministic, and is cached in ``evaluations.json`` under the digest of the weights it scored and the
+seed: a rerun only scores new snapshots (``--rescore`` scores everything again, after a change to the
+evaluator; entries from before the per-batch seeding have no seed, and are scored again).
 A weights file may stand in for a run directory; it is scored as a finished model, so
 
     python benchmarks/full_schedule_table.py benchmarks/results/table1-mnist-full-schedule/weights/*.pt \\
@@ -76,7 +78,7 @@ REPRODUCTION_NLL = {
 REPRODUCTION = "nbip/IWAE (TF2)"
 #: the train-test gap Burda et al. report, in nats
 PAPER_GAP = "0.6–0.8"
-#: every evaluation starts from this seed
+#: batch i of every evaluation draws from a seed made of this and i (``log_likelihood(..., seed=SEED)``)
 SEED = 0
 #: the status of a run that ``--final`` scores before it has finished
 FORCED = "unfinished, scored (--final)"
@@ -166,10 +168,10 @@ def weights_digest(module: dict) -> str:
 class EvaluationCache:
     """
     ``evaluations.json``: one entry per evaluation, found again by the digest of the weights and
-    the settings (split, particles, images, batch size, device), and saved after each new one.
+    the settings (split, particles, images, batch size, device, seed), and saved after each new one.
     """
 
-    KEY = ("digest", "split", "particles", "images", "batch_size", "device")
+    KEY = ("digest", "split", "particles", "images", "batch_size", "device", "seed")
 
     def __init__(self, path: Path, fresh: bool = False) -> None:
         """:param fresh: forget what ``path`` holds (its entries are replaced as they are scored again)."""
@@ -221,13 +223,12 @@ class Data:
 def evaluate(
     stored: StoredWeights, images: torch.Tensor, particles: int, batch_size: int, units: bool, progress: bool
 ) -> dict:
-    """The NLL and ELBO of ``images`` under the stored model from seed :data:`SEED`; if ``units``, its active units."""
+    """The NLL and ELBO of ``images`` under the stored model with seed :data:`SEED`; if ``units``, its active units."""
     vae = stored.model(images.device)
     pyro.clear_param_store()
-    pyro.set_rng_seed(SEED)
     start = time.perf_counter()
     estimate = log_likelihood(
-        vae.model, vae.guide, images, num_particles=particles, batch_size=batch_size, progress=progress
+        vae.model, vae.guide, images, num_particles=particles, batch_size=batch_size, seed=SEED, progress=progress
     )
     seconds = time.perf_counter() - start
     values = estimate.log_likelihood
@@ -273,7 +274,7 @@ def plan(runs: list[Run], args: argparse.Namespace, device: torch.device) -> lis
 
 
 def _spec(stored: StoredWeights, spec: dict, args: argparse.Namespace, device: torch.device) -> dict:
-    return dict(digest=weights_digest(stored.module), batch_size=args.batch_size, device=device.type, **spec)
+    return dict(digest=weights_digest(stored.module), batch_size=args.batch_size, device=device.type, seed=SEED, **spec)
 
 
 def run_tasks(tasks: list[Task], cache: EvaluationCache, data: Data, progress: bool) -> None:
@@ -480,7 +481,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         " training images, binarized once with seed 0 (`pyro_iwae.data.binarize`);"
         f" the train–test gap is test NLL − train NLL (Burda et al. report {PAPER_GAP} nats). Active units:"
         " Var_x(E_q[z_u|x]) > 0.01 on the test images. Training time: the sum of `history.csv`'s epoch times."
-        " Every evaluation here starts from `pyro.set_rng_seed(0)`. 'Burda et al.': Table 1 of the paper"
+        f" Every evaluation here draws batch i of its images from a seed made of {SEED} and i"
+        f" (`log_likelihood(..., seed={SEED})`). 'Burda et al.': Table 1 of the paper"
         f" (3280 epochs); '{REPRODUCTION}': the TensorFlow 2 reproduction at https://github.com/nbip/IWAE (README,"
         " K = 5000). An unfinished run shows its latest point of the training curve (`training_curves.png`,"
         f" `curve.json`: K = {settings['curve_particles']} on the first {settings['curve_images']} test images).",
@@ -508,13 +510,13 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
             " (`pyro_iwae.checkpoints.save_weights`). Load one and score it:",
             "",
             "```python",
-            "import pyro",
             "import pyro_iwae",
             "",
             f'model = pyro_iwae.load_model("{example}")',
             'test = pyro_iwae.load_dataset("mnist", "../shared/data").test',
-            f"pyro.set_rng_seed({SEED})",
-            "estimate = pyro_iwae.log_likelihood(model.model, model.guide, test, num_particles=5000, batch_size=100)",
+            "estimate = pyro_iwae.log_likelihood(",
+            f"    model.model, model.guide, test, num_particles=5000, batch_size=100, seed={SEED}",
+            ")",
             'print("test NLL", -estimate.log_likelihood.mean().item())',
             "```",
             "",

@@ -67,7 +67,8 @@ def main(config: RunConfig) -> dict:
         progress=config.progress,
     )
 
-    # log p(x) of every test image, estimated with K importance samples
+    # log p(x) of every test image, estimated with K importance samples; batch i draws from a seed made of
+    # --seed and i, so examples/evaluate.py gets the same numbers from the weights, with any number of processes
     test = dataset.test.to(device)
     start = time.perf_counter()
     estimate = log_likelihood(
@@ -76,6 +77,7 @@ def main(config: RunConfig) -> dict:
         test,
         num_particles=config.eval_particles,
         batch_size=config.eval_batch_size,
+        seed=config.seed,
         progress=config.progress,
         compile=config.compile,
     )

@@ -11,11 +11,17 @@ IWAE bound trained with the STL and DReG gradient estimators; with ``miwae --gro
 
 An interrupted grid resumes: finished models are skipped, a model with a
 checkpoint continues from it.
+
+Under torchrun, each process trains and scores a share of the models, balanced by their
+estimated cost, and rank 0 writes the table once all are done:
+
+    torchrun --standalone --nproc_per_node 2 examples/reproduce_table.py --data-dir ../shared/data ...
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import shlex
 import sys
 
@@ -24,6 +30,7 @@ from mnist import main as train_and_evaluate  # this directory's examples/mnist.
 from pyro_iwae.data import load_dataset
 from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, RunConfig, resolve_device
+from pyro_iwae.experiments.distributed import process_group, rank
 from pyro_iwae.experiments.grid import (
     TABLE_OBJECTIVES,
     grid,
@@ -53,13 +60,20 @@ SHARED_FIELDS = (
     "device",
     "progress",
 )
+#: how long a process that has finished its share of the grid waits for the others: the processes
+#: meet only once, at the end, after hours or days of training; when a process fails, torchrun stops
+#: the others on its machine (and a rerun resumes), so the wait needs no shorter limit
+WAIT_FOR_THE_OTHERS = datetime.timedelta(days=365)
 
 
-def main(args: argparse.Namespace) -> str:
+def main(args: argparse.Namespace) -> str | None:
+    """Train and score the grid (this process's share of it, under torchrun); rank 0 writes and returns the table."""
     base = RunConfig.from_args(args, SHARED_FIELDS, plots=False)
     cells = grid(args.objectives, args.particles, args.layers, args.seeds)
     objective_flags = {name: getattr(args, name) for name in OBJECTIVE_OPTIONS.values()}
     results = run_grid(cells, base, args.out, train_and_evaluate, objective_flags)
+    if rank() != 0:
+        return None
 
     command = "python examples/reproduce_table.py " + shlex.join(sys.argv[1:])
     write_results(results, f"{args.out}/results.json")
@@ -94,4 +108,9 @@ if __name__ == "__main__":
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
     p = parser()
     with one_line_errors(p):
-        print(main(p.parse_args()))
+        args = p.parse_args()
+        # the processes exchange only their cells' metrics, so gloo serves GPUs too
+        with process_group(resolve_device(args.device), backend="gloo", timeout=WAIT_FOR_THE_OTHERS):
+            table = main(args)
+    if table is not None:
+        print(table)

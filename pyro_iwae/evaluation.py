@@ -10,17 +10,22 @@ to ``log p(x_i)`` as ``K`` grows. Unlike
 :func:`pyro.infer.importance.vectorized_importance_weights`, which sums the
 weights over the data plate, every quantity here is per data point. Particles
 are vectorized in a plate and processed in chunks with a running logsumexp, so
-memory does not grow with ``K``.
+memory does not grow with ``K``. With a ``seed``, each batch of data points draws
+from a random state of its own, so that any subset of the batches, scored in any
+order or by several processes, gives the estimates of the whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
+import numpy as np
 import pyro
+import pyro.util
 import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
@@ -52,6 +57,26 @@ def default_particle_chunk_size(device: torch.device, batch_size: int) -> int:
     return max(1, rows // batch_size)
 
 
+def batch_seed(seed: int, index: int) -> int:
+    """
+    The seed that batch ``index`` of an evaluation seeded with ``seed`` draws from: a 32-bit
+    integer mixed from both by :class:`numpy.random.SeedSequence`, so that neighbouring seeds
+    and batches get unrelated random streams.
+    """
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def _random_state_kept(device: torch.device) -> Iterator[None]:
+    """Leave Python's, NumPy's and torch's random states (on the CPU and on ``device``) as they were before."""
+    state = pyro.util.get_rng_state()
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield
+    finally:
+        pyro.util.set_rng_state(state)
+
+
 def log_likelihood(
     model: Callable,
     guide: Callable,
@@ -60,6 +85,8 @@ def log_likelihood(
     batch_size: int = 100,
     particle_chunk_size: int | None = None,
     max_plate_nesting: int | None = None,
+    seed: int | None = None,
+    batch_indices: Sequence[int] | None = None,
     progress: bool = False,
     compile: bool = False,
     **kwargs,
@@ -82,6 +109,14 @@ def log_likelihood(
         for the data points in the pass).
     :param max_plate_nesting: plates nested in the model, data plate included (default: found
         from one trace); the particles go in a plate to their left.
+    :param seed: a non-negative integer: batch ``i`` (rows ``i * batch_size`` to ``(i + 1) * batch_size``)
+        draws its samples after ``pyro.set_rng_seed(batch_seed(seed, i))`` (:func:`batch_seed`), and the
+        caller's random states are left as they were. A batch's estimates then depend on the seed, its
+        index and ``batch_size`` only, not on the other batches scored or their order, so processes can
+        share the batches (``examples/evaluate.py``). Default: draw from the global random state, batch
+        after batch.
+    :param batch_indices: score only these batches, in this order (default: all); the estimates are those
+        of their rows, in that order.
     :param progress: show a progress bar.
     :param compile: trace each shape of pass once and compile it (:class:`~pyro_iwae.compiled.CompiledFunction`):
         the same draws and estimates, to float rounding, with the element-wise work after each matmul fused;
@@ -99,7 +134,13 @@ def log_likelihood(
     num_data = args[0].shape[0]
     if any(arg.shape[0] != num_data for arg in args):
         raise ValueError(f"the data tensors have different numbers of rows: {[arg.shape[0] for arg in args]}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
     batches = list(zip(*(arg.split(batch_size) for arg in args)))
+    indices = range(len(batches)) if batch_indices is None else list(batch_indices)
+    outside = [index for index in indices if not 0 <= index < len(batches)]
+    if outside:
+        raise IndexError(f"batch_indices {outside} are not among the {len(batches)} batches of {num_data} rows")
     # one trace outside inference mode, so that parameters the model or guide create on their first
     # call (pyro.param, an autoguide's) are ordinary tensors, which training can update afterwards
     # (it leaves the random number generators as they were)
@@ -127,11 +168,17 @@ def log_likelihood(
         return compiled_passes[key](*batch)
 
     log_likelihoods, elbos = [], []
+    rows_to_score = sum(batches[index][0].shape[0] for index in indices)
+    bar = tqdm(total=rows_to_score, desc=f"evaluating (K={num_particles})", unit="data point", disable=not progress)
     with (
         torch.inference_mode(),
-        tqdm(total=num_data, desc=f"evaluating (K={num_particles})", unit="data point", disable=not progress) as bar,
+        _random_state_kept(args[0].device) if seed is not None else contextlib.nullcontext(),
+        bar,
     ):
-        for batch in batches:
+        for index in indices:
+            batch = batches[index]
+            if seed is not None:
+                pyro.set_rng_seed(batch_seed(seed, index))
             rows = batch[0].shape[0]
             chunk_size = particle_chunk_size or default_particle_chunk_size(batch[0].device, rows)
             log_sum_weights = sum_log_weights = None
@@ -154,6 +201,9 @@ def log_likelihood(
             log_likelihoods.append(log_sum_weights - math.log(num_particles))
             elbos.append(sum_log_weights / num_particles)
             bar.update(rows)
+    if not indices:  # no batch to score: no estimates
+        empty = args[0].new_zeros(0, dtype=torch.promote_types(args[0].dtype, torch.float32))
+        return ImportanceEstimate(empty, empty)
     return ImportanceEstimate(torch.cat(log_likelihoods), torch.cat(elbos))
 
 
