@@ -27,9 +27,8 @@ where inductor fuses the element-wise work after each matmul (``softplus``, ``x 
 
 from __future__ import annotations
 
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 
 import pyro
 import pyro.util
@@ -62,9 +61,10 @@ class CompiledFunction:
 
     def __init__(self, fn: Callable, example_args: Sequence, backend: str | Callable = "inductor") -> None:
         self.fn = fn
+        self.name = getattr(fn, "__name__", type(fn).__name__)  # a functools.partial has none
         rng_state = pyro.util.get_rng_state()
         try:
-            with pyro.validation_enabled(False):
+            with torch.random.fork_rng(devices=_cuda_devices(example_args)), pyro.validation_enabled(False):
                 self.graph = make_fx(fn)(*example_args)
         finally:
             pyro.util.set_rng_state(rng_state)
@@ -76,7 +76,7 @@ class CompiledFunction:
             try:
                 return self._compiled(*args)
             except torch._dynamo.exc.BackendCompilerFailed as error:  # on the first call, before any draw
-                warnings.warn(f"could not compile {self.fn.__name__}, so it runs uncompiled: {error}", stacklevel=2)
+                warnings.warn(f"could not compile {self.name}, so it runs uncompiled: {error}", stacklevel=2)
                 self._compiled = None
         return self.fn(*args)
 
@@ -113,7 +113,15 @@ class CompiledObjective:
 
         :returns: the objective's loss (``-L_k``).
         """
-        key = tuple((arg.shape, arg.dtype, arg.device) for arg in args) + (model, guide)
+        # what the graph depends on besides the parameters' values
+        parameters = tuple((p.dtype, p.device) for p in self.module.parameters())
+        key = (
+            tuple((arg.shape, arg.dtype, arg.device) for arg in args),
+            parameters,
+            self.module.training,
+            model,
+            guide,
+        )
         if key not in self._steps:
             self._steps[key] = self._compile(model, guide, args)
         surrogate_loss, loss = self._steps[key](list(self.module.parameters()), *args)
@@ -123,16 +131,16 @@ class CompiledObjective:
 
     def _compile(self, model: Callable, guide: Callable, args: tuple[torch.Tensor, ...]) -> CompiledFunction:
         """``surrogate_loss(model, guide, *args)`` as a function of the parameters and ``args``, compiled."""
-        objective, module = self.objective, self.module
-        names = [name for name, _ in module.named_parameters()]
+        objective = self.objective
         if objective.max_plate_nesting == float("inf"):  # leaves the generators as they were
             objective._guess_max_plate_nesting(model, guide, args, {})
 
         def surrogate_loss(parameters: list[torch.Tensor], *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            with _parameters_replaced(module, dict(zip(names, parameters))):
-                return objective.surrogate_loss(model, guide, *args)
+            # the trace knows tensors by identity: the module computes with the very tensors passed as
+            # ``parameters``, so they are the graph's inputs, and later calls pass them again
+            return objective.surrogate_loss(model, guide, *args)
 
-        step = CompiledFunction(surrogate_loss, (list(module.parameters()), *args), self.backend)
+        step = CompiledFunction(surrogate_loss, (list(self.module.parameters()), *args), self.backend)
         _refuse_frozen_parameters(step.graph)
         return step
 
@@ -159,17 +167,7 @@ def _refuse_frozen_parameters(graph: torch.fx.GraphModule) -> None:
             )
 
 
-@contextlib.contextmanager
-def _parameters_replaced(module: nn.Module, tensors: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Within the block, ``module``'s parameter ``name`` (dotted) is ``tensors[name]``."""
-    replaced = []
-    try:
-        for name, tensor in tensors.items():
-            owner_name, _, attribute = name.rpartition(".")
-            owner = module.get_submodule(owner_name)
-            replaced.append((owner, attribute, owner._parameters[attribute]))
-            owner._parameters[attribute] = tensor
-        yield
-    finally:
-        for owner, attribute, parameter in reversed(replaced):
-            owner._parameters[attribute] = parameter
+def _cuda_devices(tensors: Sequence) -> list[torch.device]:
+    """The CUDA devices of ``tensors`` (tensors, and lists of them): the generators a trace draws from."""
+    flat = [t for item in tensors for t in (item if isinstance(item, (list, tuple)) else [item])]
+    return sorted({t.device for t in flat if isinstance(t, torch.Tensor) and t.device.type == "cuda"}, key=str)

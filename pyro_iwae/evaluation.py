@@ -112,7 +112,8 @@ def log_likelihood(
     :param seed: a non-negative integer: batch ``i`` (rows ``i * batch_size`` to ``(i + 1) * batch_size``)
         draws its samples after ``pyro.set_rng_seed(batch_seed(seed, i))`` (:func:`batch_seed`), and the
         caller's random states are left as they were. A batch's estimates then depend on the seed, its
-        index and ``batch_size`` only, not on the other batches scored or their order, so processes can
+        index, ``batch_size`` and the pass size (``particle_chunk_size``, whose default depends on the device
+        type) only, not on the other batches scored or their order, so processes can
         share the batches (``examples/evaluate.py``). Default: draw from the global random state, batch
         after batch.
     :param batch_indices: score only these batches, in this order (default: all); the estimates are those

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import pyro
 import torch
@@ -213,7 +214,7 @@ class _PathwiseIWAE(IWAE_ELBO):
     """
     The IWAE bound with a gradient estimator whose guide part flows only through
     the reparameterized samples ``z = z(phi, eps)``; the base of :class:`IWAE_STL`
-    and :class:`IWAE_DReG`, which differ in the ``power`` below.
+    and :class:`IWAE_DReG` (``power`` 1 and 2 below).
 
     With normalized weights ``v_l = w_l / sum_m w_m`` (``[k, batch_size]``, treated
     as constants) the gradient is::
@@ -232,14 +233,10 @@ class _PathwiseIWAE(IWAE_ELBO):
     ``loss`` is the IWAE bound itself. Every latent site of the guide must be reparameterized.
     """
 
-    def _traces(self, model, guide, args, kwargs, path_values: Callable[[torch.Tensor], torch.Tensor]):
+    def _traces(self, model, guide, args, kwargs, path_values: Callable[[torch.Tensor], torch.Tensor]) -> _Pathwise:
         """
-        The guide's trace, its latents ``z``, the model's trace at ``path_values(z)`` and the
-        guide's trace at the detached ``z``, all in a particle plate; with their weights.
-
-        :returns: ``(latents, model_values, weights, log_q_fixed_z)``: ``{name: z}``, ``{name:
-            path_values(z)}``, the :class:`~pyro_iwae.importance.ImportanceWeights` of the model's
-            and the guide's traces, and ``[k, batch_size]`` ``log q(stop_gradient(z))``.
+        The guide's trace and its latents ``z``, the model's trace at ``path_values(z)`` and the
+        guide's trace at the detached ``z``, all in a particle plate, reduced to :class:`_Pathwise`.
         """
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
@@ -265,8 +262,35 @@ class _PathwiseIWAE(IWAE_ELBO):
                 " the guide lacks and that cannot be reparameterized: sample it in the guide, or use the iwae"
                 " objective (make_objective('iwae', k)), whose score-function term handles it"
             )
-        log_q_fixed_z = importance_weights(model_trace, fixed_z_trace).guide_log_density
-        return latents, model_values, weights, log_q_fixed_z
+        log_weights = (weights.model_log_density - weights.guide_log_density).detach()
+        return _Pathwise(
+            latents,
+            model_values,
+            weights,
+            importance_weights(model_trace, fixed_z_trace).guide_log_density,
+            (log_weights - log_weights.logsumexp(0)).exp(),
+            (log_weights.logsumexp(0) - math.log(self.num_particles)).sum(),
+        )
+
+
+class _Pathwise(NamedTuple):
+    """
+    What :meth:`_PathwiseIWAE._traces` gives the estimators.
+
+    :ivar latents: ``{name: z}``, the guide's samples.
+    :ivar model_values: ``{name: path_values(z)}``, the values the model was run at.
+    :ivar weights: the :class:`~pyro_iwae.importance.ImportanceWeights` of the model's and the guide's traces.
+    :ivar log_q_fixed_z: ``[k, batch_size]`` ``log q(stop_gradient(z))``.
+    :ivar weights_v: ``[k, batch_size]`` normalized weights ``v``, without gradient.
+    :ivar bound: ``L_k`` summed over the batch, without gradient and without ``weights.scale``.
+    """
+
+    latents: dict[str, torch.Tensor]
+    model_values: dict[str, torch.Tensor]
+    weights: ImportanceWeights
+    log_q_fixed_z: torch.Tensor
+    weights_v: torch.Tensor
+    bound: torch.Tensor
 
 
 class IWAE_STL(_PathwiseIWAE):
@@ -290,13 +314,11 @@ class IWAE_STL(_PathwiseIWAE):
 
     def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(surrogate_loss, loss)``: the estimator's surrogate (above) and ``-L_k``, as tensors."""
-        _, _, weights, log_q_fixed_z = self._traces(model, guide, args, kwargs, lambda z: z)
+        pathwise = self._traces(model, guide, args, kwargs, lambda z: z)
+        weights = pathwise.weights
         log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
-        log_weights = (log_p - log_q).detach()
-        weights_v = (log_weights - log_weights.logsumexp(0)).exp()
-        surrogate_elbo = (weights_v * (log_p - log_q + log_q_fixed_z)).sum()
-        bound = (log_weights.logsumexp(0) - math.log(self.num_particles)).sum()
-        return -weights.scale * surrogate_elbo, -weights.scale * bound
+        surrogate_elbo = (pathwise.weights_v * (log_p - log_q + pathwise.log_q_fixed_z)).sum()
+        return -weights.scale * surrogate_elbo, -weights.scale * pathwise.bound
 
 
 class IWAE_DReG(_PathwiseIWAE):
@@ -328,25 +350,23 @@ class IWAE_DReG(_PathwiseIWAE):
         :returns: the IWAE loss ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter.
         """
         # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
-        latents, boundary, weights, log_q_fixed_z = self._traces(
-            model, guide, args, kwargs, lambda z: z.detach().requires_grad_()
-        )
-        log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
-        log_weights = (log_p - log_q).detach()
-        weights_v = (log_weights - log_weights.logsumexp(0)).exp()  # v
-        # the model's gradient, and dlog p/dz at the boundary (times -v)
-        model_loss = -(weights.scale * (weights_v * log_p).sum())
+        pathwise = self._traces(model, guide, args, kwargs, lambda z: z.detach().requires_grad_())
+        weights, weights_v = pathwise.weights, pathwise.weights_v
+        # the model's gradient, and (scale times -v) dlog p/dz at the boundary
+        model_loss = -(weights.scale * (weights_v * weights.model_log_density).sum())
         if model_loss.requires_grad:
             model_loss.backward()
-        # the guide's gradient through z: v^2 dlog w/dz dz/dphi
-        guide_loss = (weights_v**2 * (log_q - log_q_fixed_z)).sum()
-        for name, value in latents.items():
-            if boundary[name].grad is not None:
-                scale = weights_v.reshape(weights_v.shape + (1,) * (value.dim() - weights_v.dim()))
-                guide_loss = guide_loss + (value * (scale * boundary[name].grad)).sum()
+        # the guide's gradient through z: scale v^2 dlog w/dz dz/dphi (the boundary's gradients carry the scale)
+        log_q_through_z = weights.guide_log_density - pathwise.log_q_fixed_z
+        guide_loss = weights.scale * (weights_v**2 * log_q_through_z).sum()
+        for name, value in pathwise.latents.items():
+            path_grad = pathwise.model_values[name].grad
+            if path_grad is not None:
+                v = weights_v.reshape(weights_v.shape + (1,) * (value.dim() - weights_v.dim()))
+                guide_loss = guide_loss + (value * (v * path_grad)).sum()
         if guide_loss.requires_grad:  # a guide with parameters
-            (weights.scale * guide_loss).backward()
-        return -weights.scale * (log_weights.logsumexp(0) - math.log(self.num_particles)).sum().item()
+            guide_loss.backward()
+        return -weights.scale * pathwise.bound.item()
 
 
 class MIWAE_ELBO(IWAE_ELBO):
@@ -428,6 +448,12 @@ class PIWAE_ELBO(MIWAE_ELBO):
     """
 
     label = "PIWAE"
+
+    def surrogate_loss(self, model, guide, *args, **kwargs):
+        raise NotImplementedError(
+            "PIWAE's gradient takes two backward passes (the model's parameters on one bound, the guide's on"
+            " another), not one surrogate: use loss_and_grads"
+        )
 
     @torch.no_grad()
     def loss(self, model, guide, *args, **kwargs) -> float:

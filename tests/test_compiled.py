@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import pyro_iwae.compiled as compiled_module
 from pyro_iwae.compiled import compile_objective
 from pyro_iwae.evaluation import log_likelihood
 from pyro_iwae.experiments.config import ConfigError, RunConfig
@@ -16,7 +17,7 @@ from pyro_iwae.objectives import make_objective
 
 
 def steps(vae, objective, batches, seed=1):
-    """The loss and the gradients of each of a few steps, from one seed (no parameter update)."""
+    """The loss and the gradients of each of a few gradient-descent steps, from one seed."""
     pyro.set_rng_seed(seed)
     results = []
     for x in batches:
@@ -24,6 +25,9 @@ def steps(vae, objective, batches, seed=1):
             p.grad = None
         loss = objective.loss_and_grads(vae.model, vae.guide, x)
         results.append((loss, [p.grad.clone() for p in vae.parameters()]))
+        with torch.no_grad():  # the next step must see the new values: the parameters are the graph's inputs
+            for p in vae.parameters():
+                p -= 1e-3 * p.grad
     return results
 
 
@@ -38,7 +42,8 @@ def assert_same_steps(eager, compiled, rtol):
 def vae_and_batches():
     torch.manual_seed(0)
     vae = VAE((30, 20), (6, 4))  # two stochastic layers: a latent that the guide's next layer reads
-    batches = [torch.bernoulli(torch.full((5, 784), 0.3)) for _ in range(3)]
+    # a last batch of another size, as an epoch's last can be: traced and compiled again
+    batches = [torch.bernoulli(torch.full((rows, 784), 0.3)) for rows in (5, 5, 3)]
     return vae, batches
 
 
@@ -56,28 +61,28 @@ def vae_and_batches():
 def test_the_traced_step_is_the_eager_step(vae_and_batches, name, k, options):
     # the eager elbo is Pyro's Trace_ELBO, an independent computation of the same estimator
     vae, batches = vae_and_batches
-    eager = steps(vae, make_objective(name, k, **options), batches)
     twin = copy.deepcopy(vae)
+    eager = steps(vae, make_objective(name, k, **options), batches)
     compiled = compile_objective(make_objective(name, k, **options), twin, backend="aot_eager")
-    assert_same_steps(eager, steps(twin, compiled, batches), rtol=1e-5)
+    assert_same_steps(eager, steps(twin, compiled, batches), rtol=1e-4)
 
 
 def test_inductor_compiles_the_step_to_the_same_numbers(vae_and_batches):
     vae, batches = vae_and_batches
-    eager = steps(vae, make_objective("iwae", 3), batches)
     twin = copy.deepcopy(vae)
+    eager = steps(vae, make_objective("iwae", 3), batches)
     # fused kernels round differently from eager ones: equal to float32 rounding, not to the bit
     assert_same_steps(eager, steps(twin, compile_objective(make_objective("iwae", 3), twin), batches), rtol=1e-3)
 
 
 def test_a_backend_that_fails_falls_back_to_the_eager_step(vae_and_batches):
     vae, batches = vae_and_batches
+    twin = copy.deepcopy(vae)
     eager = steps(vae, make_objective("iwae", 3), batches)
 
     def broken_backend(graph, example_inputs):
         raise RuntimeError("no C++ compiler")
 
-    twin = copy.deepcopy(vae)
     compiled = compile_objective(make_objective("iwae", 3), twin, backend=broken_backend)
     with pytest.warns(UserWarning, match="could not compile surrogate_loss, so it runs uncompiled"):
         fallen_back = steps(twin, compiled, batches)
@@ -127,3 +132,23 @@ def test_the_compiled_evaluator_gives_the_eager_estimates():
     pyro.set_rng_seed(4)
     other = log_likelihood(vae.model, vae.guide, x, num_particles=40, batch_size=6)
     assert (other.elbo - eager.elbo).abs().max() > 0.1
+
+
+def test_an_evaluator_pass_that_fails_to_compile_runs_eagerly():
+    torch.manual_seed(0)
+    vae = VAE((30,), (4,))
+    x = torch.bernoulli(torch.full((6, 784), 0.3))
+    eager = log_likelihood(vae.model, vae.guide, x, num_particles=40, seed=1)
+
+    def broken_backend(graph, example_inputs):
+        raise RuntimeError("no C++ compiler")
+
+    original = compiled_module.CompiledFunction.__init__
+
+    def with_broken_backend(self, fn, example_args, backend="inductor"):
+        original(self, fn, example_args, broken_backend)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(UserWarning, match="could not compile partial"):
+        patch.setattr(compiled_module.CompiledFunction, "__init__", with_broken_backend)
+        fallen_back = log_likelihood(vae.model, vae.guide, x, num_particles=40, seed=1, compile=True)
+    assert torch.equal(fallen_back.log_likelihood, eager.log_likelihood)

@@ -166,3 +166,16 @@ def test_each_cell_gets_the_options_of_its_own_objective(tmp_path):
     run_grid(cells, RunConfig(progress=False), tmp_path, record, {"groups": 4, "beta": 0.25})
     options = [(c.objective, c.groups, c.beta) for c in configs]
     assert options == [("iwae", None, None), ("miwae", 4, None), ("ciwae", None, 0.25), ("piwae", 4, None)]
+
+
+def test_an_iwae_grid_with_k_1_trains_the_vae_for_that_cell(tmp_path):
+    """IWAE with k = 1 is the VAE: its cell is served by an elbo run even when elbo is not a column."""
+    configs = []
+
+    def record(config):
+        configs.append(config)
+        return {"config": dataclasses.asdict(config)}
+
+    results = run_grid(grid(["iwae"], [1, 5], [1], [0]), RunConfig(progress=False), tmp_path, record)
+    assert [(c.objective, c.particles) for c in configs] == [("elbo", 1), ("iwae", 5)]
+    assert [(cell.objective, cell.particles) for cell in results] == [("iwae", 1), ("iwae", 5)]

@@ -149,7 +149,8 @@ def run_grid(
     """
     out, objective_flags = Path(out), objective_flags or {}
     base = dataclasses.replace(base, progress=base.progress and rank() == 0)
-    runs = sorted({cell.trained_as for cell in cells}, key=cells.index)
+    # in the order of the first cell each run serves (an iwae k = 1 cell is served by the elbo run)
+    runs = list(dict.fromkeys(cell.trained_as for cell in cells))
     configs = [_cell_config(cell, base, out / cell.name, objective_flags) for cell in runs]
     shares = balanced_shares([cell_cost(config) for config in configs], world_size())
     mine = [(cell, config) for cell, config, share in zip(runs, configs, shares) if share == rank()]
