@@ -51,7 +51,8 @@ class CompiledFunction:
 
     The trace leaves the random number generators as it found them, and the compiled graph draws
     with PyTorch's own generators (inductor's ``fallback_random``), so a call draws what ``fn``
-    would have drawn. A tensor ``fn`` reads besides its arguments is a constant of the graph.
+    would have drawn. A tensor ``fn`` reads besides its arguments is a constant of the graph, and so
+    is every Python number it reads (an annealing factor, a temperature): change one, compile again.
     Pyro's validation is off in the trace: its checks read tensors' values, which a trace cannot
     (as in :mod:`pyro.ops.jit`). Where the backend cannot compile (inductor needs a C++ compiler on
     the CPU), the first call warns and every call runs ``fn`` itself.
