@@ -28,12 +28,16 @@ from pyro_iwae.checkpoints import read_weights
 from pyro_iwae.data import DataError, binarize, load_dataset
 from pyro_iwae.evaluation import ImportanceEstimate, active_units, log_likelihood
 from pyro_iwae.experiments.cli import at_least, one_line_errors
-from pyro_iwae.experiments.config import DEVICES, resolve_device
+from pyro_iwae.experiments.config import RunConfig, resolve_device
 from pyro_iwae.experiments.distributed import all_gather, process_group, rank, shard, world_size
 from pyro_iwae.experiments.outputs import write_json
 from pyro_iwae.fast import keep_freed_memory
 
 SPLITS = ("test", "train")
+
+
+#: the flags this script shares with examples/mnist.py, with their defaults and checks (RunConfig's)
+SHARED_FIELDS = ("data_dir", "eval_particles", "eval_batch_size", "seed", "device", "compile", "progress")
 
 
 def split_images(dataset: str, data_dir: str | None, split: str, size: int | None) -> torch.Tensor:
@@ -136,38 +140,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-size", type=at_least(1), default=None, help="score the first N images of --split (default: all)"
     )
-    p.add_argument(
-        "--eval-particles", type=at_least(1), default=5000, help="importance samples K per image (default: %(default)s)"
-    )
-    p.add_argument(
-        "--eval-batch-size",
-        type=at_least(1),
-        default=100,
-        help="images per pass, and per seed: the estimates depend on it (default: %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=at_least(0),
-        default=0,
-        help="batch i draws from a seed made of this and i, as examples/mnist.py's --seed (default: %(default)s)",
-    )
-    p.add_argument("--data-dir", default=None, help="directory in torchvision's layout; default $PYRO_IWAE_DATA")
-    p.add_argument(
-        "--device",
-        choices=DEVICES,
-        default="auto",
-        help="auto: CUDA where there is a GPU, else the CPU; under torchrun, process i of a machine takes GPU i"
-        " (default: %(default)s)",
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="trace the evaluator's passes once and compile them with torch.compile (the same numbers to float"
-        " rounding)",
-    )
+    RunConfig.add_arguments(p, SHARED_FIELDS)
     p.add_argument("--out", default=None, help="write the summary to this JSON file (default: only print it)")
     p.add_argument("--per-image", default=None, help="write every image's estimates to this CSV file")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="do not show the progress bar")
     return p
 
 
@@ -175,6 +150,8 @@ if __name__ == "__main__":
     keep_freed_memory()  # every evaluation pass reuses the last one's memory
     p = parser()
     with one_line_errors(p):
-        summary = main(p.parse_args())
+        args = p.parse_args()
+        RunConfig.from_args(args, SHARED_FIELDS)  # the fields' checks
+        summary = main(args)
     if summary is not None:
         print(json.dumps({key: value for key, value in summary.items() if key != "config"}, indent=2))

@@ -134,7 +134,9 @@ class RunConfig:
     )
     test_size: int | None = option(None, "use the first N test images (default: all)", minimum=1, type=int)
     device: str = option("auto", "auto: CUDA where there is a GPU, else the CPU", choices=list(DEVICES))
-    seed: int = option(0, "seeds the initial weights, the batches and the samples", checkpointed=True, type=int)
+    seed: int = option(
+        0, "seeds the initial weights, the batches and the samples", checkpointed=True, minimum=0, type=int
+    )
     out: str | None = option(
         None,
         "output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer[-<prior>-prior]"
