@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import statistics
 from collections.abc import Callable
@@ -33,7 +34,7 @@ from pyro_iwae.experiments.cli import at_least
 from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import OBJECTIVES, make_objective
-from pyro_iwae.training import make_optimizer
+from pyro_iwae.training import make_optimizer, train_step
 
 
 def hand_written_loss(vae: VAE, x: torch.Tensor, num_particles: int, objective: str) -> torch.Tensor:
@@ -85,15 +86,13 @@ def measure(
     elbo = make_objective(objective, num_particles)
     bound = "elbo" if objective == "elbo" else "iwae"
     steps_by_name = {
-        "ours": adam_step(ours, lambda x: elbo.loss_and_grads(ours.model, ours.guide, x)),
+        "ours": training_step(ours, elbo),
         "hand-written": hand_written_step(copy.deepcopy(ours), num_particles, bound, compiled=False),
     }
     if compiled and type(elbo) in COMPILABLE:
         ours_compiled = copy.deepcopy(ours)
         compiled_elbo = compile_objective(make_objective(objective, num_particles), ours_compiled)
-        steps_by_name["ours compiled"] = adam_step(
-            ours_compiled, lambda x: compiled_elbo.loss_and_grads(ours_compiled.model, ours_compiled.guide, x)
-        )
+        steps_by_name["ours compiled"] = training_step(ours_compiled, compiled_elbo)
         steps_by_name["hand-written compiled"] = hand_written_step(
             copy.deepcopy(ours), num_particles, bound, compiled=True
         )
@@ -125,7 +124,13 @@ RATIOS = (
 )
 
 
-def adam_step(vae: VAE, loss_and_grads) -> Callable[[torch.Tensor], None]:
+def training_step(vae: VAE, objective) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The step that :func:`pyro_iwae.training.train` takes: ``objective``'s gradients, then Adam's update."""
+    optimizer = make_optimizer(vae.parameters(), lr=1e-3)
+    return functools.partial(train_step, vae, objective, optimizer)
+
+
+def adam_step(vae: VAE, loss_and_grads: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
     """One Adam step of ``vae``'s parameters on the gradients ``loss_and_grads(x)`` leaves."""
     optimizer = make_optimizer(vae.parameters(), lr=1e-3)
 

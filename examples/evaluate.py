@@ -87,8 +87,7 @@ def main(args: argparse.Namespace) -> dict | None:
     # the shards are contiguous blocks of batches in rank order: concatenated, the images' order
     log_likelihoods, elbos, seconds = zip(*shares)
     estimate = ImportanceEstimate(torch.cat(log_likelihoods), torch.cat(elbos))
-    pyro.set_rng_seed(args.seed)
-    active = active_units(vae.guide, images)
+    active = active_units(vae.guide, images, seed=args.seed)  # as examples/mnist.py counts them
     if args.per_image is not None:
         write_per_image(args.per_image, estimate)
     summary = dict(

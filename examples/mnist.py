@@ -82,7 +82,7 @@ def main(config: RunConfig) -> dict:
         compile=config.compile,
     )
     eval_seconds = time.perf_counter() - start
-    active = active_units(vae.guide, test)
+    active = active_units(vae.guide, test, seed=config.seed)
 
     metrics = run_metrics(
         config, history, estimate, active, train_size=dataset.train.shape[0], eval_seconds=eval_seconds, device=device

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -105,12 +106,15 @@ class RunDirectory:
         After an epoch: the checkpoint, a snapshot of the weights if this epoch is one
         (``num_epochs`` is the length of the whole schedule), then ``history.csv``.
         """
+        device = _device_of(module)
         state = dict(
             config=self.config,
             module=module.state_dict(),
             optimizer=optimizer.state_dict(),
+            device=device.type,
             data_generator=data_generator.get_state(),
             rng=pyro.util.get_rng_state(),
+            device_rng=_device_rng_state(device),
             history=history,
         )
         save_checkpoint(self.checkpoint_path, state)
@@ -128,8 +132,12 @@ class RunDirectory:
         self, module: nn.Module, optimizer: torch.optim.Optimizer, data_generator: torch.Generator
     ) -> list[dict]:
         """
-        Load the checkpoint into ``module``, ``optimizer``, ``data_generator`` and Pyro's
-        random number generators.
+        Load the checkpoint into ``module``, ``optimizer``, ``data_generator`` and the random
+        number generators that Pyro draws from. A checkpoint written on another kind of device
+        (a CPU run going on on a GPU) loads too, with a warning: the weights and Adam's state
+        carry over, but the random number streams cannot (a GPU's generators are not a CPU's),
+        so these stay as the caller seeded them, and the run no longer reproduces one that
+        stayed on its device.
 
         :returns: the history of the epochs it holds.
         :raises CheckpointError: if there is none, or it was written with another configuration.
@@ -138,7 +146,7 @@ class RunDirectory:
             raise CheckpointError(
                 f"no checkpoint at {self.checkpoint_path} to resume from: start afresh instead (without --resume)"
             )
-        state = torch.load(self.checkpoint_path, map_location=_device_of(module), weights_only=False)
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         differences = [
             f"{key} {state['config'].get(key)!r} there, {value!r} here"
             for key, value in self.config.items()
@@ -149,15 +157,33 @@ class RunDirectory:
                 f"the checkpoint {self.checkpoint_path} was written by another configuration"
                 f" ({'; '.join(differences)}): resume with the same configuration, or write to another directory"
             )
-        module.load_state_dict(state["module"])
+        module.load_state_dict(state["module"])  # both copy to the parameters' device
         optimizer.load_state_dict(state["optimizer"])
-        data_generator.set_state(state["data_generator"])
-        pyro.util.set_rng_state(state["rng"])
+        device = _device_of(module)
+        written_on = state.get("device", "cpu")  # checkpoints before 2026-12-02 were all written on the CPU
+        if written_on == device.type:
+            data_generator.set_state(state["data_generator"])
+            pyro.util.set_rng_state(state["rng"])
+            if state.get("device_rng") is not None:
+                torch.get_device_module(device).set_rng_state(state["device_rng"], device)
+        else:
+            warnings.warn(
+                f"{self.checkpoint_path} was written on a {written_on} device and training goes on on a"
+                f" {device.type} device: the weights and the optimiser's state carry over, but the random"
+                " number generators start afresh from the seed, so the run will not reproduce one that stayed"
+                f" on {written_on}",
+                stacklevel=2,
+            )
         return state["history"]
 
 
 def _device_of(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
+
+
+def _device_rng_state(device: torch.device) -> torch.Tensor | None:
+    """The state of the generator Pyro draws from on ``device`` if not the CPU (whose is in Pyro's own)."""
+    return None if device.type == "cpu" else torch.get_device_module(device).get_rng_state(device)
 
 
 class StoredWeights(NamedTuple):

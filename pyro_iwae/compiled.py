@@ -84,8 +84,8 @@ class CompiledFunction:
 
 class CompiledObjective:
     """
-    ``objective`` with :meth:`loss_and_grads` compiled (see the module's docstring); every other
-    attribute is the objective's own.
+    ``objective`` with its step (:meth:`backward`, :meth:`loss_and_grads`) compiled (see the module's
+    docstring); every other attribute is the objective's own.
 
     :param objective: an instance of one of :data:`COMPILABLE` (exactly: a subclass may change the
         gradient).
@@ -108,11 +108,11 @@ class CompiledObjective:
     def __getattr__(self, name: str):
         return getattr(self.objective, name)
 
-    def loss_and_grads(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
+    def backward(self, model: Callable, guide: Callable, *args: torch.Tensor) -> torch.Tensor:
         """
         One compiled step: :meth:`surrogate_loss` backpropagated into ``.grad`` of ``module``'s parameters.
 
-        :returns: the objective's loss (``-L_k``).
+        :returns: the objective's loss (``-L_k``), a 0-dim tensor.
         """
         # what the graph depends on besides the parameters' values
         parameters = tuple((p.dtype, p.device) for p in self.module.parameters())
@@ -128,7 +128,11 @@ class CompiledObjective:
         surrogate_loss, loss = self._steps[key](list(self.module.parameters()), *args)
         if surrogate_loss.requires_grad:
             surrogate_loss.backward()
-        return loss.item()
+        return loss.detach()
+
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
+        """:meth:`backward`, its loss as a float."""
+        return self.backward(model, guide, *args).item()
 
     def _compile(self, model: Callable, guide: Callable, args: tuple[torch.Tensor, ...]) -> CompiledFunction:
         """``surrogate_loss(model, guide, *args)`` as a function of the parameters and ``args``, compiled."""

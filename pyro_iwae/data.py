@@ -204,9 +204,10 @@ def batches(
 ) -> Iterator[torch.Tensor]:
     """
     Yield shuffled ``[batch_size, 784]`` batches (the last may be smaller), each
-    binarized afresh when ``dynamic_binarization`` is True.
+    binarized afresh when ``dynamic_binarization`` is True, on the device of ``images``
+    with ``generator``, which must be on that device.
     """
-    order = torch.randperm(images.shape[0], generator=generator)
+    order = torch.randperm(images.shape[0], generator=generator, device=images.device)
     for index in order.split(batch_size):
         batch = images[index]
         if dynamic_binarization:

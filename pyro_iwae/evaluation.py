@@ -124,53 +124,27 @@ def log_likelihood(
         worth its compile time (seconds to a minute a shape) for a large ``num_particles``. Tensors in
         ``kwargs`` are constants of the compiled passes.
     """
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
-    if not args or not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
-        raise TypeError(
-            "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data as tensors"
-            f" with one row per data point, got {[type(arg).__name__ for arg in args]}: pass num_particles and"
-            " batch_size by keyword, and other model arguments as keyword arguments"
-        )
-    num_data = args[0].shape[0]
-    if any(arg.shape[0] != num_data for arg in args):
-        raise ValueError(f"the data tensors have different numbers of rows: {[arg.shape[0] for arg in args]}")
-    if seed is not None and seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    batches = list(zip(*(arg.split(batch_size) for arg in args)))
+    batches = _batches(args, batch_size, num_particles, seed)
     indices = range(len(batches)) if batch_indices is None else list(batch_indices)
     outside = [index for index in indices if not 0 <= index < len(batches)]
     if outside:
-        raise IndexError(f"batch_indices {outside} are not among the {len(batches)} batches of {num_data} rows")
+        raise IndexError(f"batch_indices {outside} are not among the {len(batches)} batches of {args[0].shape[0]} rows")
+    if not indices:  # no batch to score: no estimates
+        empty = args[0].new_zeros(0, dtype=torch.promote_types(args[0].dtype, torch.float32))
+        return ImportanceEstimate(empty, empty)
     # one trace outside inference mode, so that parameters the model or guide create on their first
     # call (pyro.param, an autoguide's) are ordinary tensors, which training can update afterwards
     # (it leaves the random number generators as they were)
     with torch.no_grad():
         nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
-    max_plate_nesting = nesting if max_plate_nesting is None else max_plate_nesting
-    compiled_passes = {}
-
-    def log_weights_of(pass_size: int, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """``[pass_size, rows]`` log-weights: one pass."""
-        log_weights = functools.partial(
-            log_importance_weights,
-            model,
-            guide,
-            num_particles=pass_size,
-            max_plate_nesting=max_plate_nesting,
-            **kwargs,
-        )
-        if not compile:
-            return log_weights(*batch)
-        key = (pass_size, *(arg.shape for arg in batch))
-        if key not in compiled_passes:
-            with torch.inference_mode(False), torch.no_grad():
-                compiled_passes[key] = CompiledFunction(log_weights, batch)
-        return compiled_passes[key](*batch)
-
-    log_likelihoods, elbos = [], []
-    rows_to_score = sum(batches[index][0].shape[0] for index in indices)
-    bar = tqdm(total=rows_to_score, desc=f"evaluating (K={num_particles})", unit="data point", disable=not progress)
+    passes = _Passes(model, guide, nesting if max_plate_nesting is None else max_plate_nesting, compile, kwargs)
+    estimates = []
+    bar = tqdm(
+        total=sum(batches[index][0].shape[0] for index in indices),
+        desc=f"evaluating (K={num_particles})",
+        unit="data point",
+        disable=not progress,
+    )
     with (
         torch.inference_mode(),
         _random_state_kept(args[0].device) if seed is not None else contextlib.nullcontext(),
@@ -180,32 +154,82 @@ def log_likelihood(
             batch = batches[index]
             if seed is not None:
                 pyro.set_rng_seed(batch_seed(seed, index))
-            rows = batch[0].shape[0]
-            chunk_size = particle_chunk_size or default_particle_chunk_size(batch[0].device, rows)
-            log_sum_weights = sum_log_weights = None
-            for start in range(0, num_particles, chunk_size):
-                pass_size = min(chunk_size, num_particles - start)
-                log_weights = log_weights_of(pass_size, batch)
-                if log_weights.shape[1] != rows:
-                    raise DataPlateError(
-                        f"the data plate has {log_weights.shape[1]} data points in a batch of {rows} rows: the"
-                        " evaluator scores every row, so the plate must cover the batch it is given (no"
-                        " subsample_size; pass subsample=indices, or give the model an argument that turns"
-                        " subsampling off)"
-                    )
-                if log_sum_weights is None:  # integer or half-precision data: accumulate in float32 at least
-                    dtype = torch.promote_types(log_weights.dtype, torch.float32)
-                    log_sum_weights = log_weights.new_full((rows,), -math.inf, dtype=dtype)
-                    sum_log_weights = log_weights.new_zeros((rows,), dtype=dtype)
-                log_sum_weights = torch.logaddexp(log_sum_weights, log_weights.logsumexp(0))
-                sum_log_weights += log_weights.sum(0)
-            log_likelihoods.append(log_sum_weights - math.log(num_particles))
-            elbos.append(sum_log_weights / num_particles)
-            bar.update(rows)
-    if not indices:  # no batch to score: no estimates
-        empty = args[0].new_zeros(0, dtype=torch.promote_types(args[0].dtype, torch.float32))
-        return ImportanceEstimate(empty, empty)
-    return ImportanceEstimate(torch.cat(log_likelihoods), torch.cat(elbos))
+            estimates.append(_estimate(passes, batch, num_particles, particle_chunk_size))
+            bar.update(batch[0].shape[0])
+    return ImportanceEstimate(*(torch.cat(estimate) for estimate in zip(*estimates)))
+
+
+def _batches(
+    args: tuple[torch.Tensor, ...], batch_size: int, num_particles: int, seed: int | None
+) -> list[tuple[torch.Tensor, ...]]:
+    """:func:`log_likelihood`'s arguments checked, and its data split into batches of ``batch_size`` rows."""
+    if num_particles < 1:
+        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    if not args or not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
+        raise TypeError(
+            "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data as tensors"
+            f" with one row per data point, got {[type(arg).__name__ for arg in args]}: pass num_particles and"
+            " batch_size by keyword, and other model arguments as keyword arguments"
+        )
+    if any(arg.shape[0] != args[0].shape[0] for arg in args):
+        raise ValueError(f"the data tensors have different numbers of rows: {[arg.shape[0] for arg in args]}")
+    if seed is not None and seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return list(zip(*(arg.split(batch_size) for arg in args)))
+
+
+class _Passes:
+    """``passes(pass_size, batch)``: the ``[pass_size, rows]`` log-weights of one evaluator pass, compiled if asked."""
+
+    def __init__(self, model: Callable, guide: Callable, max_plate_nesting: int, compile: bool, kwargs: dict) -> None:
+        self.model, self.guide, self.kwargs = model, guide, kwargs
+        self.max_plate_nesting, self.compile = max_plate_nesting, compile
+        self._compiled: dict[tuple, CompiledFunction] = {}
+
+    def __call__(self, pass_size: int, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        log_weights = functools.partial(
+            log_importance_weights,
+            self.model,
+            self.guide,
+            num_particles=pass_size,
+            max_plate_nesting=self.max_plate_nesting,
+            **self.kwargs,
+        )
+        if not self.compile:
+            return log_weights(*batch)
+        key = (pass_size, *(arg.shape for arg in batch))
+        if key not in self._compiled:
+            with torch.inference_mode(False), torch.no_grad():
+                self._compiled[key] = CompiledFunction(log_weights, batch)
+        return self._compiled[key](*batch)
+
+
+def _estimate(
+    passes: _Passes, batch: tuple[torch.Tensor, ...], num_particles: int, particle_chunk_size: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    ``[rows]`` estimates of log p(x) and of the ELBO for one batch, from ``num_particles`` particles
+    drawn in passes of ``particle_chunk_size``, combined by a running logsumexp.
+    """
+    rows = batch[0].shape[0]
+    chunk_size = particle_chunk_size or default_particle_chunk_size(batch[0].device, rows)
+    log_sum_weights = sum_log_weights = None
+    for start in range(0, num_particles, chunk_size):
+        log_weights = passes(min(chunk_size, num_particles - start), batch)
+        if log_weights.shape[1] != rows:
+            raise DataPlateError(
+                f"the data plate has {log_weights.shape[1]} data points in a batch of {rows} rows: the"
+                " evaluator scores every row, so the plate must cover the batch it is given (no"
+                " subsample_size; pass subsample=indices, or give the model an argument that turns"
+                " subsampling off)"
+            )
+        if log_sum_weights is None:  # integer or half-precision data: accumulate in float32 at least
+            dtype = torch.promote_types(log_weights.dtype, torch.float32)
+            log_sum_weights = log_weights.new_full((rows,), -math.inf, dtype=dtype)
+            sum_log_weights = log_weights.new_zeros((rows,), dtype=dtype)
+        log_sum_weights = torch.logaddexp(log_sum_weights, log_weights.logsumexp(0))
+        sum_log_weights += log_weights.sum(0)
+    return log_sum_weights - math.log(num_particles), sum_log_weights / num_particles
 
 
 @torch.inference_mode()
@@ -215,6 +239,7 @@ def posterior_means(
     num_particles: int = 100,
     batch_size: int = 500,
     max_plate_nesting: int = 1,
+    seed: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """
     ``E_q[z | x]`` for every latent site of ``guide`` and every row of ``data``.
@@ -224,20 +249,31 @@ def posterior_means(
     else the sampled value.
 
     :param data: ``[num_data, ...]`` data points.
+    :param seed: draw after ``pyro.set_rng_seed(seed)``, leaving the caller's random states as they
+        were, so that the means of a deeper layer (which depend on the draws of the layer below) are the
+        same wherever they are computed (default: draw from the global random state).
     :returns: ``{site name: [num_data, event_size] tensor}``.
     """
     means: dict[str, list[torch.Tensor]] = {}
-    for x in data.split(batch_size):
-        with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
-            guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x))
-        for name, site in guide_trace.nodes.items():
-            if site["type"] == "sample" and not site["is_observed"]:
-                try:
-                    mean = site["fn"].mean
-                except NotImplementedError:
-                    mean = site["value"]
-                means.setdefault(name, []).append(mean.expand(site["value"].shape).mean(0))
+    with _random_state_kept(data.device) if seed is not None else contextlib.nullcontext():
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        for x in data.split(batch_size):
+            with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
+                guide_trace = prune_subsample_sites(poutine.trace(guide).get_trace(x))
+            _add_means(guide_trace, means)
     return {name: torch.cat(batches) for name, batches in means.items()}
+
+
+def _add_means(guide_trace: poutine.Trace, means: dict[str, list[torch.Tensor]]) -> None:
+    """Append to ``means[name]`` each latent site's ``[rows, event_size]`` mean over the particle plate."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            try:
+                mean = site["fn"].mean
+            except NotImplementedError:
+                mean = site["value"]
+            means.setdefault(name, []).append(mean.expand(site["value"].shape).mean(0))
 
 
 def unit_variances(guide: Callable, data: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:

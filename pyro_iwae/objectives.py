@@ -55,11 +55,33 @@ class _GuessesNestingQuietly:
         self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs) + particle_plate
 
 
-class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
+class _OneBackwardPass:
+    """
+    A training step that leaves the loss on the device: the objectives here compute it as a tensor, and
+    :meth:`loss_and_grads` (Pyro's interface) reads it as a float, which makes the host wait for a GPU
+    to finish the step; :func:`~pyro_iwae.training.train` calls :meth:`backward` instead.
+    """
+
+    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """
+        :meth:`surrogate_loss` backpropagated into ``.grad`` of every parameter.
+
+        :returns: the loss, a 0-dim tensor without gradient on the parameters' device.
+        """
+        surrogate_loss, loss = self.surrogate_loss(model, guide, *args, **kwargs)
+        if surrogate_loss.requires_grad:
+            surrogate_loss.backward()
+        return loss.detach()
+
+
+class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
     """
     :class:`pyro.infer.Trace_ELBO`, refusing (with :class:`~pyro_iwae.importance.DataPlateError`)
     a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
     ``-H[p(u | ...)]`` too much) or a guide variable that the model lacks.
+
+    :meth:`backward` gives ``Trace_ELBO.loss_and_grads``'s gradients to the bit (``tests/test_objectives.py``);
+    its loss is summed in the model's dtype rather than in Python floats.
     """
 
     #: its name in tables and plots
@@ -90,7 +112,7 @@ class VAE_ELBO(_GuessesNestingQuietly, Trace_ELBO):
         return -weights.scale * surrogate_elbo, -weights.scale * bound
 
 
-class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
+class IWAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, ELBO):
     """
     The IWAE bound ``sum_i log (1/k) sum_l w_il`` (Burda et al., 2016, eq. 8), a Pyro ELBO.
 
@@ -135,10 +157,7 @@ class IWAE_ELBO(_GuessesNestingQuietly, ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
-        surrogate_loss, loss = self.surrogate_loss(model, guide, *args, **kwargs)
-        if surrogate_loss.requires_grad:
-            surrogate_loss.backward()
-        return loss.item()
+        return self.backward(model, guide, *args, **kwargs).item()
 
     def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """
@@ -342,12 +361,14 @@ class IWAE_DReG(_PathwiseIWAE):
 
     def surrogate_loss(self, model, guide, *args, **kwargs):
         raise NotImplementedError(
-            "IWAE_DReG's gradient takes two backward passes (see its docstring), not one surrogate: use loss_and_grads"
+            "IWAE_DReG's gradient takes two backward passes (see its docstring), not one surrogate: use backward"
         )
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """
-        :returns: the IWAE loss ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter.
+        The gradient of the estimator in ``.grad`` of every parameter.
+
+        :returns: the IWAE loss ``-L_k``, a 0-dim tensor.
         """
         # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
         pathwise = self._traces(model, guide, args, kwargs, lambda z: z.detach().requires_grad_())
@@ -366,7 +387,7 @@ class IWAE_DReG(_PathwiseIWAE):
                 guide_loss = guide_loss + (value * (v * path_grad)).sum()
         if guide_loss.requires_grad:  # a guide with parameters
             guide_loss.backward()
-        return -weights.scale * pathwise.bound.item()
+        return -weights.scale * pathwise.bound
 
 
 class MIWAE_ELBO(IWAE_ELBO):
@@ -452,7 +473,7 @@ class PIWAE_ELBO(MIWAE_ELBO):
     def surrogate_loss(self, model, guide, *args, **kwargs):
         raise NotImplementedError(
             "PIWAE's gradient takes two backward passes (the model's parameters on one bound, the guide's on"
-            " another), not one surrogate: use loss_and_grads"
+            " another), not one surrogate: use backward"
         )
 
     @torch.no_grad()
@@ -461,8 +482,12 @@ class PIWAE_ELBO(MIWAE_ELBO):
         weights = self.importance_weights(model, guide, *args, **kwargs)
         return -weights.scale * _bound(weights.log_weights, num_groups=1)
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
-        """:returns: ``-L_{MK}``, with IWAE's gradient for the model and MIWAE's for the guide in ``.grad``."""
+    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """
+        IWAE's gradient for the model and MIWAE's for the guide in ``.grad``.
+
+        :returns: ``-L_{MK}``, a 0-dim tensor.
+        """
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         weights = importance_weights(model_trace, guide_trace)
         if weights.proposal_log_density is not None:
@@ -483,7 +508,7 @@ class PIWAE_ELBO(MIWAE_ELBO):
                 for leaf, grad in zip(leaves, grads):
                     if grad is not None:
                         leaf.grad = grad if leaf.grad is None else leaf.grad + grad
-        return -weights.scale * bound.item()
+        return -weights.scale * bound.detach()
 
 
 def _parameters(trace: Trace) -> dict[str, torch.Tensor]:

@@ -22,6 +22,8 @@ from pyro_iwae.importance import check_data_plate, importance_traces
 
 #: Adam settings of Burda et al. (2016), section 5.
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-4
+#: training steps between two reads of the loss by the host (each waits for a GPU to catch up)
+CHECK_EVERY = 100
 
 
 class TrainingError(RuntimeError):
@@ -77,8 +79,8 @@ def train(
         history = train(vae, IWAE_ELBO(num_particles=5), images, burda_learning_rates())
 
     :param vae: a module holding every parameter of its ``model`` and ``guide`` methods.
-    :param images: ``[num_images, ...]`` training images on the CPU, intensities
-        in [0, 1] (binarized per batch when ``dynamic_binarization``).
+    :param images: ``[num_images, ...]`` training images, intensities in [0, 1], moved to
+        the parameters' device and binarized there per batch when ``dynamic_binarization``.
     :param run: where to write a checkpoint and the history after every epoch.
     :param resume: continue from ``run``'s checkpoint with its parameters, optimiser
         state, history and random number generator states.
@@ -88,16 +90,16 @@ def train(
     _check_images(images, batch_size)
     if resume and run is None:
         raise ValueError("resume=True needs the run=RunDirectory(...) to resume from")
-    device = next(vae.parameters()).device
+    images = images.to(next(vae.parameters()).device)  # shuffled and binarized there, batch by batch
     optimizer = make_optimizer(vae.parameters(), lr=learning_rates[0] if learning_rates else 0.0)
     # refuse, before training, a model whose bound or log-likelihood cannot be formed per data point
-    check_data_plate(*importance_traces(vae.model, vae.guide, images[:batch_size].to(device)))
-    data_generator = torch.Generator().manual_seed(seed)
-    if resume:
+    check_data_plate(*importance_traces(vae.model, vae.guide, images[:batch_size]))
+    data_generator = torch.Generator(images.device).manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    if resume:  # the random number generators as they were, unless the run moves to another kind of device
         history = run.restore(vae, optimizer, data_generator)
     else:
         history = []
-        pyro.set_rng_seed(seed)
         if run is not None:
             run.save_snapshot(vae, epoch=0)
     for epoch in tqdm(range(len(history), len(learning_rates)), desc="training", unit="epoch", disable=not progress):
@@ -113,12 +115,12 @@ def train(
             disable=not progress,
         )
         try:
-            loss = train_epoch(vae, objective, optimizer, bar, device)
+            loss = train_epoch(vae, objective, optimizer, bar).item()
         except TrainingError as error:
             kept = "no checkpoint was written"
             if run is not None and epoch > 0:
                 kept = f"the checkpoint after epoch {epoch} ({run.checkpoint_path}) is kept"
-            raise TrainingError(f"at epoch {epoch + 1}, {error}; {kept}") from error
+            raise TrainingError(f"at epoch {epoch + 1}, {error}; {kept}. A lower learning rate may help.") from error
         history.append(
             dict(
                 epoch=epoch + 1,
@@ -137,27 +139,55 @@ def train_epoch(
     objective: ELBO,
     optimizer: torch.optim.Optimizer,
     epoch_batches: Iterable[torch.Tensor],
-    device: torch.device,
-) -> float:
+    check_every: int = CHECK_EVERY,
+) -> torch.Tensor:
     """
-    One Adam step on ``objective`` per batch: Pyro's ``SVI.step``, with the optimiser's
-    parameters fixed (``vae.parameters()``) rather than gathered from the trace.
+    One :func:`train_step` per batch, reading nothing back to the host but one number every
+    ``check_every`` steps and at the end: the losses add up on the device, and their sum so far
+    must be finite.
 
-    :returns: the sum of the batches' losses.
-    :raises TrainingError: at the first non-finite loss, before it reaches the parameters.
+    :returns: the sum of the batches' losses, a 0-dim float64 tensor on the parameters' device.
+    :raises TrainingError: at the first check after a non-finite loss (whose step left the
+        parameters as they were).
     """
-    total_loss = 0.0
-    for step, x in enumerate(epoch_batches):
-        optimizer.zero_grad(set_to_none=True)
-        loss = objective.loss_and_grads(vae.model, vae.guide, x.to(device))
-        if not math.isfinite(loss):
-            raise TrainingError(
-                f"step {step + 1}: the loss is {loss}, so the parameters were not updated; a lower learning rate"
-                " may help"
-            )
-        optimizer.step()
-        total_loss += loss
+    total_loss = torch.zeros((), dtype=torch.float64, device=next(vae.parameters()).device)
+    checked = 0
+    for step, x in enumerate(epoch_batches, start=1):
+        total_loss += train_step(vae, objective, optimizer, x)
+        if step % check_every == 0:
+            _check_finite(total_loss, checked, step)
+            checked = step
+    _check_finite(total_loss, checked, step)
     return total_loss
+
+
+def train_step(vae: nn.Module, objective: ELBO, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> torch.Tensor:
+    """
+    One Adam step on ``objective`` for ``vae.model`` and ``vae.guide``: Pyro's ``SVI.step``, with
+    the optimiser's parameters fixed (``vae.parameters()``) rather than gathered from the trace,
+    and without a host synchronization. A non-finite loss leaves the parameters and Adam's state
+    as they were: the fused optimiser reads the flag ``found_inf`` on the device and skips the
+    update (as it does for :class:`torch.amp.GradScaler`).
+
+    :returns: the loss, a 0-dim tensor on ``x``'s device.
+    """
+    optimizer.zero_grad(set_to_none=True)
+    if hasattr(objective, "backward"):  # the objectives of pyro_iwae.objectives
+        loss = objective.backward(vae.model, vae.guide, x)
+    else:  # any Pyro ELBO: its loss_and_grads returns a float, read from the device
+        loss = torch.tensor(objective.loss_and_grads(vae.model, vae.guide, x), device=x.device)
+    optimizer.found_inf = loss.isfinite().logical_not().float()
+    optimizer.step()
+    return loss
+
+
+def _check_finite(total_loss: torch.Tensor, first: int, last: int) -> None:
+    """Raise a :class:`TrainingError` if ``total_loss``, the sum of the losses up to step ``last``, is not finite."""
+    if not math.isfinite(total_loss):
+        raise TrainingError(
+            f"a loss of steps {first + 1} to {last} is not finite ({total_loss.item()}) and did not reach the"
+            " parameters"
+        )
 
 
 def _check_images(images: torch.Tensor, batch_size: int) -> None:

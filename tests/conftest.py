@@ -10,10 +10,28 @@ os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
 
 import pyro  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the tests import the example scripts as the grid does (``from mnist import main``)
 sys.path.insert(0, str(ROOT / "examples"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="the device that the tests taking the `device` fixture train and evaluate on, e.g. cuda (default: cpu)",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """The device of ``pytest --device`` (default: the CPU)."""
+    device = torch.device(request.config.getoption("--device"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail("pytest --device cuda, but torch finds no CUDA device")
+    return device
 
 
 @pytest.fixture(scope="session")

@@ -39,11 +39,11 @@ def assert_same_steps(eager, compiled, rtol):
 
 
 @pytest.fixture
-def vae_and_batches():
+def vae_and_batches(device):
     torch.manual_seed(0)
-    vae = VAE((30, 20), (6, 4))  # two stochastic layers: a latent that the guide's next layer reads
+    vae = VAE((30, 20), (6, 4)).to(device)  # two stochastic layers: a latent that the guide's next layer reads
     # a last batch of another size, as an epoch's last can be: traced and compiled again
-    batches = [torch.bernoulli(torch.full((rows, 784), 0.3)) for rows in (5, 5, 3)]
+    batches = [torch.bernoulli(torch.full((rows, 784), 0.3, device=device)) for rows in (5, 5, 3)]
     return vae, batches
 
 

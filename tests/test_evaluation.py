@@ -6,7 +6,7 @@ import pytest
 import torch
 from linear_gaussian import LinearGaussian
 
-from pyro_iwae.evaluation import active_units, log_likelihood, unit_variances
+from pyro_iwae.evaluation import active_units, log_likelihood, posterior_means, unit_variances
 from pyro_iwae.importance import DataPlateError, log_importance_weights
 from pyro_iwae.models import ARCHITECTURES, VAE
 
@@ -136,6 +136,22 @@ def test_active_units_counts_units_whose_posterior_mean_varies():
     # the statistic itself: Var_x of the exact posterior means, the sample variance of x * [1, 0.05, 0]
     expected = (x * torch.tensor([1.0, 0.05, 0.0])).var(0)
     assert torch.allclose(unit_variances(guide, x)["z"], expected, rtol=1e-4)
+
+
+def test_seeded_posterior_means_of_a_deeper_layer_are_the_same_wherever_computed():
+    # z2's mean depends on the z1 drawn below it: a seed makes it one number, and leaves the caller's draws alone
+    torch.manual_seed(0)
+    vae = VAE(*ARCHITECTURES[2])
+    x = torch.bernoulli(torch.full((40, 784), 0.3))
+    pyro.set_rng_seed(1)
+    first = posterior_means(vae.guide, x, seed=7)
+    after_first = torch.rand(3)
+    pyro.set_rng_seed(2)
+    second = posterior_means(vae.guide, x, seed=7)
+    pyro.set_rng_seed(1)
+    assert torch.equal(torch.rand(3), after_first)  # the seeded call drew from its own stream
+    assert torch.equal(first["z2"], second["z2"]) and torch.equal(first["z1"], second["z1"])
+    assert not torch.equal(posterior_means(vae.guide, x, seed=8)["z2"], first["z2"])
 
 
 def test_masked_sites_do_not_count():

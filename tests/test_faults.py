@@ -10,7 +10,7 @@ import time
 from conftest import ROOT
 
 
-def command(data_dir, out, *extra):
+def command(data_dir, out, device, *extra):
     flags = [
         "--objective",
         "iwae",
@@ -30,6 +30,8 @@ def command(data_dir, out, *extra):
         str(data_dir),
         "--out",
         str(out),
+        "--device",
+        str(device),
     ]
     return [sys.executable, str(ROOT / "examples" / "mnist.py"), *flags, *extra]
 
@@ -39,12 +41,12 @@ def history(out):
         return list(csv.DictReader(f))
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir):
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, data_dir, device):
     straight = tmp_path / "straight"
-    subprocess.run(command(data_dir, straight), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(data_dir, straight, device), check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(command(data_dir, killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command(data_dir, killed, device), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     # history.csv appears (by a rename) after epoch 1's checkpoint: kill at once, in epoch 2, which
     # cannot finish within one poll (its 150 steps take a second or more, a poll 0.01 s)
     deadline = time.monotonic() + 300
@@ -60,7 +62,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path, da
     assert not (killed / "metrics.json").exists()
     assert not [p.name for p in killed.iterdir() if p.name.endswith(".tmp")]  # no half-written file is left
 
-    subprocess.run(command(data_dir, killed, "--resume"), check=True, capture_output=True, timeout=600)
+    subprocess.run(command(data_dir, killed, device, "--resume"), check=True, capture_output=True, timeout=600)
     resumed = history(killed)
     assert resumed[0] == finished[0]
     # the same optimizer and random states: the same losses as the run that was never stopped

@@ -1,16 +1,28 @@
+import contextlib
+import copy
 import math
+import warnings
 
 import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.infer import Trace_ELBO
 
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import CheckpointError, RunDirectory
 from pyro_iwae.importance import DataPlateError
-from pyro_iwae.models import VAE
-from pyro_iwae.objectives import make_objective
-from pyro_iwae.training import SCHEDULES, TrainingError, burda_learning_rates, make_optimizer, train
+from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.objectives import OBJECTIVES, make_objective, objective_options
+from pyro_iwae.training import (
+    SCHEDULES,
+    TrainingError,
+    burda_learning_rates,
+    make_optimizer,
+    train,
+    train_epoch,
+    train_step,
+)
 
 
 def test_burda_schedule():
@@ -40,9 +52,9 @@ def images(num=60):
     return (0.05 + 0.9 * prototypes).repeat(num // 3, 1)
 
 
-def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3):
+def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3, device="cpu"):
     torch.manual_seed(0)
-    vae = VAE()
+    vae = VAE().to(device)
     history = train(
         vae,
         objective or make_objective("iwae", 3),
@@ -56,18 +68,18 @@ def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3
     return vae, history
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight, straight_history = fit(3)
-    fit(2, tmp_path)
-    resumed, resumed_history = fit(3, tmp_path, resume=True)
+def test_resume_continues_exactly(tmp_path, device):
+    straight, straight_history = fit(3, device=device)
+    fit(2, tmp_path, device=device)
+    resumed, resumed_history = fit(3, tmp_path, resume=True, device=device)
     assert [row["loss"] for row in resumed_history] == [row["loss"] for row in straight_history]
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 
 
-def test_training_lowers_the_loss():
+def test_training_lowers_the_loss(device):
     # the untrained decoder predicts p = 0.5 everywhere: 784 log 2 = 543 nats; the data's entropy is 784 H(0.05) = 156
-    _, history = fit(5, lr=1e-2)
+    _, history = fit(5, lr=1e-2, device=device)
     assert history[0]["loss"] == pytest.approx(784 * math.log(2), rel=0.02)
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
@@ -82,24 +94,53 @@ def test_resume_refuses_another_configuration(tmp_path):
         fit(2, tmp_path / "nothing", resume=True)
 
 
-class NaNAfter:
-    """An objective whose loss turns NaN at the given (1-based) step."""
+class NaNAt:
+    """An objective whose loss and gradients turn NaN at the given (1-based) step."""
 
     def __init__(self, objective, step):
         self.objective, self.step, self.calls = objective, step, 0
 
-    def loss_and_grads(self, model, guide, x):
+    def backward(self, model, guide, x):
         self.calls += 1
-        loss = self.objective.loss_and_grads(model, guide, x)
-        return math.nan if self.calls == self.step else loss
+        loss = self.objective.backward(model, guide, x)
+        if self.calls != self.step:
+            return loss
+        for p in model.__self__.parameters():
+            p.grad.fill_(math.nan)
+        return loss * math.nan
 
 
 def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path):
+    objective = NaNAt(make_objective("iwae", 3), step=5)  # 3 steps an epoch: epoch 2's second step
     with pytest.raises(
-        TrainingError, match=r"at epoch 2, step 2: the loss is nan.*after epoch 1 \(.*checkpoint.pt\) is kept"
+        TrainingError, match=r"at epoch 2, a loss of steps 1 to 3 is not finite \(nan\).*after epoch 1 \(.*pt\) is kept"
     ):
-        fit(3, tmp_path, objective=NaNAfter(make_objective("iwae", 3), step=5))  # 3 steps an epoch
+        fit(3, tmp_path, objective=objective)
+    assert objective.calls == 6  # training stopped at the epoch's end, its one check
     assert len(torch.load(tmp_path / "checkpoint.pt", weights_only=False)["history"]) == 1
+
+
+def test_a_nan_step_leaves_the_parameters_and_stops_at_the_next_check():
+    torch.manual_seed(0)
+    vae = VAE()
+    expected = copy.deepcopy(vae)
+    batches = images().round().split(5)[:6]
+    objective = NaNAt(make_objective("iwae", 3), step=3)
+    pyro.set_rng_seed(0)
+    with pytest.raises(TrainingError, match="steps 3 to 4 is not finite"):
+        train_epoch(vae, objective, make_optimizer(vae.parameters(), lr=1e-3), batches, check_every=2)
+    assert objective.calls == 4
+    # step 3's NaN gradients reached neither the parameters nor Adam's moments and step count: steps 1, 2 and 4
+    # of the same draws give the same parameters
+    optimizer, iwae = make_optimizer(expected.parameters(), lr=1e-3), make_objective("iwae", 3)
+    pyro.set_rng_seed(0)
+    for step, x in enumerate(batches[:4], start=1):
+        optimizer.zero_grad()
+        iwae.backward(expected.model, expected.guide, x)
+        if step != 3:
+            optimizer.step()
+    for a, b in zip(vae.parameters(), expected.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_a_model_with_a_global_latent_is_refused_before_training():
@@ -150,3 +191,76 @@ def test_optimizer_is_adam_with_the_papers_settings():
     optimizer.step()
     m, v = 0.1 * grad / (1 - 0.9), 0.001 * grad**2 / (1 - 0.999)  # bias-corrected moments after one step
     assert torch.allclose(p.detach(), start - 0.01 * m / (v.sqrt() + 1e-4), rtol=1e-12)
+
+
+@contextlib.contextmanager
+def host_reads():
+    """The names of the calls that read a tensor's value into Python (each waits for a GPU to finish), in order."""
+    reads = []
+    originals = {name: getattr(torch.Tensor, name) for name in ("item", "tolist", "__float__", "__int__", "__bool__")}
+
+    def counted(name, read):
+        def call(self, *args):
+            reads.append(name)
+            return read(self, *args)
+
+        return call
+
+    for name, read in originals.items():
+        setattr(torch.Tensor, name, counted(name, read))
+    try:
+        yield reads
+    finally:
+        for name, read in originals.items():
+            setattr(torch.Tensor, name, read)
+
+
+@contextlib.contextmanager
+def cuda_synchronizations(device):
+    """On a GPU, the warnings CUDA gives at each synchronization, those no Python call shows included; else none."""
+    if device.type != "cuda":
+        yield []
+        return
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize(
+    "layers, prior, guide, objective",
+    [(1, "normal", "normal", name) for name in OBJECTIVES] + [(2, "vamp", "iaf", "iwae"), (2, "mog", "iaf", "elbo")],
+)
+def test_training_reads_the_loss_only_at_its_checks(layers, prior, guide, objective, device):
+    torch.manual_seed(0)
+    vae = VAE(*ARCHITECTURES[layers], prior=prior, guide=guide).to(device)
+    optimizer = make_optimizer(vae.parameters(), lr=1e-3)
+    options = {"num_groups": 2} if "num_groups" in objective_options(objective) else {}
+    elbo = make_objective(objective, 4, **options)
+    x = images().round().to(device)
+    with pyro.validation_enabled(False):  # Pyro's checks read values; examples/mnist.py turns them off (--validate)
+        train_step(vae, elbo, optimizer, x[:20])  # the first step guesses the plate nesting
+        with host_reads() as reads, cuda_synchronizations(device) as synchronizations:
+            train_epoch(vae, elbo, optimizer, x.split(10), check_every=4)  # 6 steps: checks after 4 and 6
+    assert reads == ["__float__", "__float__"]
+    assert len(synchronizations) == (2 if device.type == "cuda" else 0)
+
+
+def test_a_pyro_elbo_trains_as_ours_does_reading_each_loss():
+    """Pyro's Trace_ELBO (a float from ``loss_and_grads``) and ours (``backward``): the same gradients, to the bit."""
+    torch.manual_seed(0)
+    ours = VAE()
+    theirs = copy.deepcopy(ours)
+    batches = images().round().split(10)
+    reads = {}
+    for name, vae, elbo in (("ours", ours, make_objective("elbo", 1)), ("theirs", theirs, Trace_ELBO())):
+        pyro.set_rng_seed(0)
+        with pyro.validation_enabled(False), host_reads() as reads[name]:
+            train_epoch(vae, elbo, make_optimizer(vae.parameters(), lr=1e-3), batches)
+    assert reads["ours"] == ["__float__"]  # the epoch's one check
+    assert reads["theirs"].count("item") >= len(batches)  # Trace_ELBO reads every loss
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)

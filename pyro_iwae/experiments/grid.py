@@ -97,9 +97,8 @@ def cell_cost(config: RunConfig) -> float:
     A rough cost of training and scoring one cell, in passes of one particle of one image through the
     networks, to share the cells out between processes: an epoch costs ``10 + k`` per training image
     (k particles per image, M k for MIWAE and PIWAE), scoring ``0.4 K`` per test image, and two stochastic
-    layers 1.5 times one. Fitted to the README's "Cost on this machine" (6.2, 10.7 and 36.5 s an epoch at
-    k = 1, 5 and 50 with one layer, 1.4 to 1.5 times that with two; 186 s to score 10,000 images with
-    K = 5000); the gradient estimator, prior and guide are left out.
+    layers 1.5 times one: fitted to the seconds per epoch and per evaluation of the README's "Cost on this
+    machine". The gradient estimator, prior and guide are left out.
     """
     epochs = len(config.learning_rates())
     train_images = config.train_size or num_images(config.dataset, "train")
