@@ -80,7 +80,7 @@ class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
     a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
     ``-H[p(u | ...)]`` too much) or a guide variable that the model lacks.
 
-    :meth:`backward` gives ``Trace_ELBO.loss_and_grads``'s gradients to the bit (``tests/test_objectives.py``);
+    :meth:`backward` gives ``Trace_ELBO.loss_and_grads``'s gradients to the bit (``tests/test_training.py``);
     its loss is summed in the model's dtype rather than in Python floats.
     """
 
@@ -181,10 +181,13 @@ def _surrogate(weights: ImportanceWeights, num_groups: int) -> tuple[torch.Tenso
     log_weights = _grouped(weights.log_weights, num_groups)
     group_size = log_weights.shape[0]
     elbo_particles = log_weights.detach()
-    log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
-    # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
-    normalized_weights = (elbo_particles - log_mean_weight).exp()
-    surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
+    if group_size == 1:  # ELBOs of one particle each, whose normalized weights are 1: the same numbers, fewer steps
+        log_mean_weight, surrogate_elbo = elbo_particles, log_weights.sum()
+    else:
+        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
+        # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
+        normalized_weights = (elbo_particles - log_mean_weight).exp()
+        surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
     if weights.proposal_log_density is not None:
         learning_signal = vimco_learning_signal(elbo_particles)
         proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
