@@ -18,7 +18,7 @@ out=${OUT:-runs/gpu-check}
 device=${DEVICE:-cuda}
 quick=${QUICK:-}
 mkdir -p "$out"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYRO_IWAE_DATA=${PYRO_IWAE_DATA:-$PWD/.data}
 if [[ -d .whl ]]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl &&
         export PYTHONPATH=$PYTHONPATH:/tmp/site
@@ -30,7 +30,7 @@ python3 -m pytest -q -p no:cacheprovider --device "$device" tests/test_training.
     tests/test_compiled.py tests/test_faults.py ${quick:+-x -k "nan or reads or devices"} 2>&1 | tee "$out/pytest.txt"
 
 # 2. measured: the evaluator on all 10,000 test images at K = 5000 (an untrained model costs what a trained one does)
-python3 examples/mnist.py --device "$device" --epochs 0 --no-plots --no-progress --data-dir .data \
+python3 examples/mnist.py --device "$device" --epochs 0 --no-plots --no-progress --data-dir "$PYRO_IWAE_DATA" \
     --out "$out/evaluation" ${quick:+--test-size 100 --eval-particles 100} 2>&1 | tee "$out/evaluation.txt"
 
 # 3. measured: training steps/s, ours (eager and compiled) beside the hand-written PyTorch IWAE

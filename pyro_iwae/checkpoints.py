@@ -136,8 +136,8 @@ class RunDirectory:
         number generators that Pyro draws from. A checkpoint written on another kind of device
         (a CPU run going on on a GPU) loads too, with a warning: the weights and Adam's state
         carry over, but the random number streams cannot (a GPU's generators are not a CPU's),
-        so these stay as the caller seeded them, and the run no longer reproduces one that
-        stayed on its device.
+        so they start afresh from ``data_generator``'s seed plus the epochs done, and the run no
+        longer reproduces one that stayed on its device.
 
         :returns: the history of the epochs it holds.
         :raises CheckpointError: if there is none, or it was written with another configuration.
@@ -160,18 +160,20 @@ class RunDirectory:
         module.load_state_dict(state["module"])  # both copy to the parameters' device
         optimizer.load_state_dict(state["optimizer"])
         device = _device_of(module)
-        written_on = state.get("device", "cpu")  # checkpoints before 2026-12-02 were all written on the CPU
+        written_on = state.get("device", "cpu")  # older checkpoints hold the CPU's generators only
         if written_on == device.type:
             data_generator.set_state(state["data_generator"])
             pyro.util.set_rng_state(state["rng"])
             if state.get("device_rng") is not None:
                 torch.get_device_module(device).set_rng_state(state["device_rng"], device)
-        else:
+        else:  # fresh streams, from the seed and the epoch (the seed alone would repeat epoch 1's draws)
+            pyro.set_rng_seed(data_generator.initial_seed() + len(state["history"]))
+            data_generator.manual_seed(data_generator.initial_seed() + len(state["history"]))
             warnings.warn(
                 f"{self.checkpoint_path} was written on a {written_on} device and training goes on on a"
                 f" {device.type} device: the weights and the optimiser's state carry over, but the random"
-                " number generators start afresh from the seed, so the run will not reproduce one that stayed"
-                f" on {written_on}",
+                " number generators start afresh from the seed and the epoch, so the run will not reproduce one"
+                f" that stayed on {written_on}",
                 stacklevel=2,
             )
         return state["history"]

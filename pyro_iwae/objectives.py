@@ -80,8 +80,9 @@ class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
     a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
     ``-H[p(u | ...)]`` too much) or a guide variable that the model lacks.
 
-    :meth:`backward` gives ``Trace_ELBO.loss_and_grads``'s gradients to the bit (``tests/test_training.py``);
-    its loss is summed in the model's dtype rather than in Python floats.
+    :meth:`backward` gives ``Trace_ELBO.loss_and_grads``'s gradients (to the bit where every guide site is
+    reparameterized: ``tests/test_training.py``); its loss is summed in the model's dtype rather than in
+    Python floats.
     """
 
     #: its name in tables and plots
@@ -109,6 +110,10 @@ class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         weights = importance_weights(model_trace, guide_trace)
         surrogate_elbo, bound = _surrogate(weights, num_groups=self.num_particles)
+        if weights.proposal_log_density is not None:
+            # as Trace_ELBO: a site that is not reparameterized gets the score-function term alone, without
+            # log w's own -dlog q(z)/dphi at the drawn z, which has mean zero
+            surrogate_elbo = surrogate_elbo + weights.proposal_log_density.sum() / self.num_particles
         return -weights.scale * surrogate_elbo, -weights.scale * bound
 
 

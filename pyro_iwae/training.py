@@ -151,13 +151,14 @@ def train_epoch(
         parameters as they were).
     """
     total_loss = torch.zeros((), dtype=torch.float64, device=next(vae.parameters()).device)
-    checked = 0
+    step = checked = 0
     for step, x in enumerate(epoch_batches, start=1):
         total_loss += train_step(vae, objective, optimizer, x)
         if step % check_every == 0:
             _check_finite(total_loss, checked, step)
             checked = step
-    _check_finite(total_loss, checked, step)
+    if step > checked:
+        _check_finite(total_loss, checked, step)
     return total_loss
 
 
@@ -169,13 +170,15 @@ def train_step(vae: nn.Module, objective: ELBO, optimizer: torch.optim.Optimizer
     as they were: the fused optimiser reads the flag ``found_inf`` on the device and skips the
     update (as it does for :class:`torch.amp.GradScaler`).
 
+    :param optimizer: a fused optimiser (:func:`make_optimizer`'s); others do not read ``found_inf``.
+
     :returns: the loss, a 0-dim tensor on ``x``'s device.
     """
     optimizer.zero_grad(set_to_none=True)
     if hasattr(objective, "backward"):  # the objectives of pyro_iwae.objectives
         loss = objective.backward(vae.model, vae.guide, x)
     else:  # any Pyro ELBO: its loss_and_grads returns a float, read from the device
-        loss = torch.tensor(objective.loss_and_grads(vae.model, vae.guide, x), device=x.device)
+        loss = torch.tensor(objective.loss_and_grads(vae.model, vae.guide, x), dtype=torch.float64, device=x.device)
     optimizer.found_inf = loss.isfinite().logical_not().float()
     optimizer.step()
     return loss

@@ -222,12 +222,14 @@ def cuda_synchronizations(device):
         yield []
         return
     torch.cuda.set_sync_debug_mode("warn")
+    synchronizations = []
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            yield caught
+            yield synchronizations
     finally:
         torch.cuda.set_sync_debug_mode("default")
+        synchronizations += [w for w in caught if "synchroniz" in str(w.message)]
 
 
 @pytest.mark.parametrize(
