@@ -171,7 +171,6 @@ def train_step(vae: nn.Module, objective: ELBO, optimizer: torch.optim.Optimizer
     update (as it does for :class:`torch.amp.GradScaler`).
 
     :param optimizer: a fused optimiser (:func:`make_optimizer`'s); others do not read ``found_inf``.
-
     :returns: the loss, a 0-dim tensor on ``x``'s device.
     """
     optimizer.zero_grad(set_to_none=True)
