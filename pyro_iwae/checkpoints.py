@@ -167,8 +167,9 @@ class RunDirectory:
             if state.get("device_rng") is not None:
                 torch.get_device_module(device).set_rng_state(state["device_rng"], device)
         else:  # fresh streams, from the seed and the epoch (the seed alone would repeat epoch 1's draws)
-            pyro.set_rng_seed(data_generator.initial_seed() + len(state["history"]))
-            data_generator.manual_seed(data_generator.initial_seed() + len(state["history"]))
+            fresh_seed = data_generator.initial_seed() + len(state["history"])
+            pyro.set_rng_seed(fresh_seed)
+            data_generator.manual_seed(fresh_seed)
             warnings.warn(
                 f"{self.checkpoint_path} was written on a {written_on} device and training goes on on a"
                 f" {device.type} device: the weights and the optimiser's state carry over, but the random"

@@ -37,7 +37,7 @@ from pyro.infer import ELBO
 from torch import nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from pyro_iwae.objectives import CIWAE_ELBO, IWAE_ELBO, IWAE_STL, MIWAE_ELBO, VAE_ELBO
+from pyro_iwae.objectives import CIWAE_ELBO, IWAE_ELBO, IWAE_STL, MIWAE_ELBO, VAE_ELBO, OneBackwardPass
 
 #: the objectives whose step is one backward pass of :meth:`surrogate_loss`
 COMPILABLE = (VAE_ELBO, IWAE_ELBO, IWAE_STL, MIWAE_ELBO, CIWAE_ELBO)
@@ -82,10 +82,10 @@ class CompiledFunction:
         return self.fn(*args)
 
 
-class CompiledObjective:
+class CompiledObjective(OneBackwardPass):
     """
-    ``objective`` with its step (:meth:`backward`, :meth:`loss_and_grads`) compiled (see the module's
-    docstring); every other attribute is the objective's own.
+    ``objective`` with its :meth:`surrogate_loss` compiled (see the module's docstring), and so its step
+    (:meth:`backward`, :meth:`loss_and_grads`); every other attribute is the objective's own.
 
     :param objective: an instance of one of :data:`COMPILABLE` (exactly: a subclass may change the
         gradient).
@@ -108,12 +108,10 @@ class CompiledObjective:
     def __getattr__(self, name: str):
         return getattr(self.objective, name)
 
-    def backward(self, model: Callable, guide: Callable, *args: torch.Tensor) -> torch.Tensor:
-        """
-        One compiled step: :meth:`surrogate_loss` backpropagated into ``.grad`` of ``module``'s parameters.
-
-        :returns: the objective's loss (``-L_k``), a 0-dim tensor.
-        """
+    def surrogate_loss(
+        self, model: Callable, guide: Callable, *args: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective's ``(surrogate_loss, loss)``, from the graph compiled for these arguments' shapes."""
         # what the graph depends on besides the parameters' values
         parameters = tuple((p.dtype, p.device) for p in self.module.parameters())
         key = (
@@ -125,10 +123,7 @@ class CompiledObjective:
         )
         if key not in self._steps:
             self._steps[key] = self._compile(model, guide, args)
-        surrogate_loss, loss = self._steps[key](list(self.module.parameters()), *args)
-        if surrogate_loss.requires_grad:
-            surrogate_loss.backward()
-        return loss.detach()
+        return self._steps[key](list(self.module.parameters()), *args)
 
     def loss_and_grads(self, model: Callable, guide: Callable, *args: torch.Tensor) -> float:
         """:meth:`backward`, its loss as a float."""

@@ -55,9 +55,10 @@ class _GuessesNestingQuietly:
         self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs) + particle_plate
 
 
-class _OneBackwardPass:
+class OneBackwardPass:
     """
-    A training step that leaves the loss on the device: the objectives here compute it as a tensor, and
+    A training step that leaves the loss on the device, for an objective whose gradient is one backward
+    pass of its :meth:`surrogate_loss`: the objectives here compute the loss as a tensor, and
     :meth:`loss_and_grads` (Pyro's interface) reads it as a float, which makes the host wait for a GPU
     to finish the step; :func:`~pyro_iwae.training.train` calls :meth:`backward` instead.
     """
@@ -74,7 +75,7 @@ class _OneBackwardPass:
         return loss.detach()
 
 
-class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
+class VAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, Trace_ELBO):
     """
     :class:`pyro.infer.Trace_ELBO`, refusing (with :class:`~pyro_iwae.importance.DataPlateError`)
     a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
@@ -117,7 +118,7 @@ class VAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, Trace_ELBO):
         return -weights.scale * surrogate_elbo, -weights.scale * bound
 
 
-class IWAE_ELBO(_GuessesNestingQuietly, _OneBackwardPass, ELBO):
+class IWAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, ELBO):
     """
     The IWAE bound ``sum_i log (1/k) sum_l w_il`` (Burda et al., 2016, eq. 8), a Pyro ELBO.
 
