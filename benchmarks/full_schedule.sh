@@ -5,17 +5,42 @@
 # last finished epoch, a finished run is left alone. Progress: runs/full-schedule/*/history.csv.
 #
 #     bash benchmarks/full_schedule.sh [DATA_DIR]      # default ../shared/data
+#     bash benchmarks/full_schedule.sh --save          # keep the checkpoints in the repository
+#
+# runs/ is not versioned, and a session may start on a fresh machine without it: --save copies each
+# unfinished run's checkpoint (weights, Adam's state, random states, history; written atomically, so
+# a copy is whole even while the run trains) to $KEPT, to be committed; a run without a checkpoint
+# in runs/ resumes from its kept one. The weight snapshots stay behind, but their scores do not:
+# benchmarks/full_schedule_table.py keeps the training curve's points whose snapshots are gone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+KEPT=benchmarks/results/table1-mnist-full-schedule/checkpoints
+runs=(mnist-elbo-k1-1layer mnist-iwae-k5-1layer)
+if [[ ${1:-} == --save ]]; then
+    mkdir -p "$KEPT"
+    for name in "${runs[@]}"; do
+        out=runs/full-schedule/$name
+        if [[ -f $out/checkpoint.pt && ! -f $out/metrics.json ]]; then
+            cp "$out/checkpoint.pt" "$KEPT/$name.pt"
+            echo "$KEPT/$name.pt: epoch $(($(wc -l <"$out/history.csv") - 1))"
+        fi
+    done
+    exit
+fi
 data_dir=${1:-../shared/data}
-for run in "elbo 1" "iwae 5"; do
-    read -r objective particles <<<"$run"
-    out=runs/full-schedule/mnist-$objective-k$particles-1layer
+for name in "${runs[@]}"; do
+    IFS=- read -r _ objective particles _ <<<"$name"
+    particles=${particles#k}
+    out=runs/full-schedule/$name
     [[ -f $out/metrics.json ]] && { echo "$out: finished"; continue; }
-    resume=$([[ -f $out/checkpoint.pt ]] && echo --resume || true)
     mkdir -p "$out"
+    if [[ ! -f $out/checkpoint.pt && -f $KEPT/$name.pt ]]; then
+        cp "$KEPT/$name.pt" "$out/checkpoint.pt"
+        echo "$out: resumes from $KEPT/$name.pt"
+    fi
+    resume=$([[ -f $out/checkpoint.pt ]] && echo --resume || true)
     OMP_NUM_THREADS=1 nohup python examples/mnist.py --objective "$objective" --particles "$particles" \
-        --schedule burda --data-dir "$data_dir" --out "$out" --snapshot-every 100 --no-progress $resume \
+        --schedule burda --data-dir "$data_dir" --out "$out" --snapshot-every 100 --compile --no-progress $resume \
         >>"$out/log.txt" 2>&1 &
     echo "$out: started (pid $!) ${resume:-afresh}"
 done

@@ -10,7 +10,9 @@ For every run directory it writes to ``--out``:
 
 - ``curve.json``: the test NLL with K = ``--curve-particles`` (500) on the first ``--curve-images``
   (1000) test images for every weights snapshot (``RUN_DIR/weights/epoch-NNNN.pt``), and the
-  training loss per epoch from ``history.csv``; ``training_curves.png`` plots both.
+  training loss per epoch from ``history.csv``; ``training_curves.png`` plots both. Points whose
+  snapshots are gone (a run resumed on a fresh machine from the checkpoint that
+  ``benchmarks/full_schedule.sh --save`` kept) stay, from the ``curve.json`` written before.
 - ``unit_variances.png``: the histograms of log Var_x(E_q[z_u | x]) over the latent units of each
   run's latest weights (Burda et al.'s appendix C).
 - for finished runs (with ``metrics.json``; ``--final`` treats the others as finished, from their
@@ -290,10 +292,15 @@ def run_tasks(tasks: list[Task], cache: EvaluationCache, data: Data, progress: b
         cache.put(task.spec, dict(run=task.run.name, file=str(task.source), epoch=task.epoch, **result))
 
 
-def curve(run: Run, tasks: list[Task], cache: EvaluationCache) -> dict:
-    """``curve.json``'s entry for one run: the test NLL per snapshot and the loss per epoch."""
+def curve(run: Run, tasks: list[Task], cache: EvaluationCache, previous: dict | None = None) -> dict:
+    """
+    ``curve.json``'s entry for one run: the test NLL per snapshot and the loss per epoch.
+
+    :param previous: the run's entry in the ``curve.json`` written before; its points whose
+        snapshots are gone are kept (see :func:`kept_points`).
+    """
     points = []
-    for task in sorted((t for t in tasks if t.run is run and t.kind == "curve"), key=lambda t: t.epoch):
+    for task in (t for t in tasks if t.run is run and t.kind == "curve"):
         entry = cache.get(task.spec)
         points.append(
             dict(
@@ -304,15 +311,33 @@ def curve(run: Run, tasks: list[Task], cache: EvaluationCache) -> dict:
                 file=task.source.name,
             )
         )
+    points += kept_points(run, previous, {point["epoch"] for point in points})
     return dict(
         label=run.display,
         objective=run.config["objective"],
         particles=run.config["particles"],
         layers=run.config["layers"],
         paper_nll=run.reference(PAPER_NLL),
-        points=points,
+        points=sorted(points, key=lambda point: point["epoch"]),
         loss=dict(epoch=[row["epoch"] for row in run.history], loss=[row["loss"] for row in run.history]),
     )
+
+
+def kept_points(run: Run, previous: dict | None, scored_epochs: set[int]) -> list[dict]:
+    """
+    The points of ``previous`` (the run's entry in the ``curve.json`` written before) for epochs
+    without a snapshot now, up to the run's latest epoch: the snapshots of a run that resumed, on a
+    fresh machine, from the checkpoint ``benchmarks/full_schedule.sh --save`` kept. Only if
+    ``previous`` is this run's curve, not that of an earlier run that was restarted afresh: its
+    losses must equal ``history.csv``'s on every epoch the two share.
+    """
+    if previous is None:
+        return []
+    losses, previous_losses = [row["loss"] for row in run.history], previous["loss"]["loss"]
+    shared = min(len(losses), len(previous_losses))
+    if shared == 0 or losses[:shared] != previous_losses[:shared]:
+        return []
+    return [p for p in previous["points"] if p["epoch"] not in scored_epochs and p["epoch"] <= len(losses)]
 
 
 def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: list[dict]) -> dict:
@@ -564,8 +589,11 @@ def main(args: argparse.Namespace) -> str:
     labels = [run.label for run in runs]
     for run in runs:  # tell runs of the same model apart
         run.display = run.label if labels.count(run.label) == 1 else f"{run.label} ({run.name})"
-    curves = {run.name: curve(run, tasks, cache) for run in runs}
-    write_json(out / "curve.json", {"settings": settings, "runs": curves})
+    curve_path = out / "curve.json"
+    written = json.loads(curve_path.read_text()) if curve_path.exists() else {}
+    previous = written["runs"] if written.get("settings") == settings else {}
+    curves = {run.name: curve(run, tasks, cache, previous.get(run.name)) for run in runs}
+    write_json(curve_path, {"settings": settings, "runs": curves})
     if any(c["points"] or c["loss"]["epoch"] for c in curves.values()):
         plot_curves(curves, settings, out / "training_curves.png")
     plot_unit_activity(runs, data, args.test_images, out / "unit_variances.png")

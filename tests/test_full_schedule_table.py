@@ -16,7 +16,14 @@ from conftest import ROOT
 from mnist import main as train_and_evaluate
 
 import pyro_iwae
-from pyro_iwae.checkpoints import CheckpointError, RunDirectory, read_history, read_weights, save_weights
+from pyro_iwae.checkpoints import (
+    CheckpointError,
+    RunDirectory,
+    read_history,
+    read_weights,
+    save_weights,
+    write_history,
+)
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import active_units
 from pyro_iwae.experiments.config import RunConfig
@@ -216,6 +223,19 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     curves = json.loads((out / "curve.json").read_text())["runs"]
     assert curves["mnist-iwae-k5-1layer"]["points"][1]["test_nll"] == pytest.approx(points[1]["test_nll"], abs=1e-9)
+
+    # a run resumed on a fresh machine has lost its snapshots: their points stay, up to its latest epoch
+    before = curves["unfinished"]["points"]
+    for epoch in (1, 3):
+        (unfinished / "weights" / f"epoch-000{epoch}.pt").unlink()
+    result = table_script(*flags)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "curve.json").read_text())["runs"]["unfinished"]["points"] == before[:3]
+    # but not those of an earlier run under the same name, restarted afresh: its losses differ
+    write_history(unfinished / "history.csv", [history[0] | {"loss": history[0]["loss"] + 1}, history[1]])
+    result = table_script(*flags)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "curve.json").read_text())["runs"]["unfinished"]["points"] == [before[0], before[2]]
 
 
 def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
