@@ -8,10 +8,11 @@
 #     bash benchmarks/full_schedule.sh --save          # keep the checkpoints in the repository
 #
 # runs/ is not versioned, and a session may start on a fresh machine without it: --save copies each
-# unfinished run's checkpoint (weights, Adam's state, random states, history; written atomically, so
-# a copy is whole even while the run trains) to $KEPT, to be committed; a run without a checkpoint
-# in runs/ resumes from its kept one. The weight snapshots stay behind, but their scores do not:
-# benchmarks/full_schedule_table.py keeps the training curve's points whose snapshots are gone.
+# run's checkpoint (weights, Adam's state, random states, history; written atomically, so a copy is
+# whole even while the run trains) to $KEPT, to be committed, and a finished run's metrics.json. A
+# run without a checkpoint in runs/ resumes from its kept one; one with a kept metrics.json is
+# finished (score its kept checkpoint with full_schedule_table.py). The weight snapshots stay behind, but their scores
+# do not: benchmarks/full_schedule_table.py keeps the training curve's points whose snapshots are gone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/table1-mnist-full-schedule/checkpoints
@@ -20,19 +21,19 @@ if [[ ${1:-} == --save ]]; then
     mkdir -p "$KEPT"
     for name in "${runs[@]}"; do
         out=runs/full-schedule/$name
-        if [[ -f $out/checkpoint.pt && ! -f $out/metrics.json ]]; then
-            cp "$out/checkpoint.pt" "$KEPT/$name.pt"
-            echo "$KEPT/$name.pt: epoch $(($(wc -l <"$out/history.csv") - 1))"
-        fi
+        [[ -f $out/checkpoint.pt ]] || continue
+        cp "$out/checkpoint.pt" "$KEPT/$name.pt"
+        echo "$KEPT/$name.pt: epoch $(($(wc -l <"$out/history.csv") - 1))"
+        [[ -f $out/metrics.json ]] && cp "$out/metrics.json" "$KEPT/$name.metrics.json" && echo "  finished"
     done
-    exit
+    exit 0
 fi
 data_dir=${1:-../shared/data}
 for name in "${runs[@]}"; do
     IFS=- read -r _ objective particles _ <<<"$name"
     particles=${particles#k}
     out=runs/full-schedule/$name
-    [[ -f $out/metrics.json ]] && { echo "$out: finished"; continue; }
+    [[ -f $out/metrics.json || -f $KEPT/$name.metrics.json ]] && { echo "$out: finished"; continue; }
     mkdir -p "$out"
     if [[ ! -f $out/checkpoint.pt && -f $KEPT/$name.pt ]]; then
         cp "$KEPT/$name.pt" "$out/checkpoint.pt"

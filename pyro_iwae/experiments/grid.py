@@ -213,7 +213,7 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
         f" (standard error over images ≈ {statistics.mean(m['test_log_likelihood_stderr'] for m in runs):.2f}"
         f" nats). Budget per model: {first['epochs']} epochs of {first['train_size']} images"
         f" ({first['config']['schedule']} schedule, batch {batch_size}, {updates} updates); the paper"
-        f" trains for 3280 epochs (3.3M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
+        f" trains for 3280 epochs (9.8M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
         f" evaluation in all on {first['device']} (torch {first['torch_version']}, pyro {first['pyro_version']})."
         f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model.{_estimators_note(results)}"
         " 'paper': Burda et al."
