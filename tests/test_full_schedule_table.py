@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pyro
 import pytest
@@ -242,3 +243,46 @@ def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
     result = table_script(tmp_path / "nowhere", "--out", tmp_path / "out")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: no such run directory, checkpoint or weights file:")
+
+
+def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
+    """``full_schedule.sh --save`` keeps the checkpoints in the tree, and a tree without ``runs/`` resumes from them."""
+    (tmp_path / "benchmarks").mkdir()
+    shutil.copy(ROOT / "benchmarks" / "full_schedule.sh", tmp_path / "benchmarks")
+    kept = tmp_path / "benchmarks" / "results" / "table1-mnist-full-schedule" / "checkpoints"
+    runs = tmp_path / "runs" / "full-schedule"
+    for name, epochs in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "checkpoint.pt").write_text(f"{name} after {epochs} epochs")
+        (runs / name / "history.csv").write_text("epoch\n" + "".join(f"{i + 1}\n" for i in range(epochs)))
+    (runs / "mnist-elbo-k1-1layer" / "metrics.json").write_text("{}")
+    bin_dir = tmp_path / "bin"  # a python that records its arguments instead of training
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/started\n')
+    (bin_dir / "python").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+    def script(*args):
+        command = ["bash", str(tmp_path / "benchmarks" / "full_schedule.sh"), *args]
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "mnist-iwae-k5-1layer.pt: epoch 970" in script("--save")
+    assert sorted(path.name for path in kept.iterdir()) == [
+        "mnist-elbo-k1-1layer.metrics.json",
+        "mnist-elbo-k1-1layer.pt",
+        "mnist-iwae-k5-1layer.pt",
+    ]
+    shutil.rmtree(tmp_path / "runs")  # a fresh machine
+    out = script("DATA")
+    assert "mnist-elbo-k1-1layer: finished" in out and "mnist-iwae-k5-1layer: resumes from" in out
+    for _ in range(100):  # the runs start in the background
+        if (tmp_path / "started").exists():
+            break
+        time.sleep(0.1)
+    started = (tmp_path / "started").read_text().split()
+    assert started[:5] == ["examples/mnist.py", "--objective", "iwae", "--particles", "5"]
+    assert {"--resume", "--compile", "DATA"} <= set(started)
+    assert (runs / "mnist-iwae-k5-1layer" / "checkpoint.pt").read_text() == "mnist-iwae-k5-1layer after 970 epochs"
+    assert not (runs / "mnist-elbo-k1-1layer").exists()
