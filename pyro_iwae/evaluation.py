@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from pyro_iwae.compiled import CompiledFunction
 from pyro_iwae.importance import PARTICLE_PLATE, DataPlateError, guess_max_plate_nesting, log_importance_weights
+from pyro_iwae.validation import positive_integer
 
 
 class ImportanceEstimate(NamedTuple):
@@ -124,7 +125,7 @@ def log_likelihood(
         worth its compile time (seconds to a minute a shape) for a large ``num_particles``. Tensors in
         ``kwargs`` are constants of the compiled passes.
     """
-    batches = _batches(args, batch_size, num_particles, seed)
+    batches = _batches(args, kwargs, batch_size, num_particles, particle_chunk_size, seed)
     indices = range(len(batches)) if batch_indices is None else list(batch_indices)
     outside = [index for index in indices if not 0 <= index < len(batches)]
     if outside:
@@ -160,11 +161,21 @@ def log_likelihood(
 
 
 def _batches(
-    args: tuple[torch.Tensor, ...], batch_size: int, num_particles: int, seed: int | None
+    args: tuple[torch.Tensor, ...],
+    kwargs: dict,
+    batch_size: int,
+    num_particles: int,
+    particle_chunk_size: int | None,
+    seed: int | None,
 ) -> list[tuple[torch.Tensor, ...]]:
-    """:func:`log_likelihood`'s arguments checked, and its data split into batches of ``batch_size`` rows."""
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    """
+    :func:`log_likelihood`'s arguments checked, and its data split into batches of ``batch_size``
+    rows (none for no rows).
+    """
+    positive_integer("num_particles", num_particles)
+    positive_integer("batch_size", batch_size)
+    if particle_chunk_size is not None:
+        positive_integer("particle_chunk_size", particle_chunk_size)
     if not args or not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
         raise TypeError(
             "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data as tensors"
@@ -175,7 +186,15 @@ def _batches(
         raise ValueError(f"the data tensors have different numbers of rows: {[arg.shape[0] for arg in args]}")
     if seed is not None and seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
-    return list(zip(*(arg.split(batch_size) for arg in args)))
+    num_rows = args[0].shape[0]
+    for key, value in kwargs.items():
+        if num_rows > batch_size and isinstance(value, torch.Tensor) and value.dim() > 0 and len(value) == num_rows:
+            raise ValueError(
+                f"keyword argument {key}= has a row for each of the {num_rows} data points, but keyword arguments go"
+                f" whole to every batch: pass it positionally after the data, log_likelihood(model, guide, x, {key},"
+                " ...), to have it split with the data (the model and the guide take it as their next argument)"
+            )
+    return list(zip(*(arg.split(batch_size) for arg in args))) if num_rows else []
 
 
 class _Passes:

@@ -10,11 +10,13 @@ and the IWAE bound (Burda et al., 2016, eq. 8) is ``L_k = sum_i log (1/k) sum_l 
 The logsumexp runs over particles *separately for each data point*, so every sample
 site must belong to one data point. What this module accepts, and why:
 
-- **The data plate** is found by structure, not by name: the outermost vectorized
-  ``pyro.plate`` that every sample site of the model and the guide shares.
-  A site outside it (a global latent; a guide site that couples data points, such as
-  ``AutoMultivariateNormal``'s joint latent) has one density for the whole batch and is
-  refused (:class:`DataPlateError`, naming the site and the fix).
+- **The data plate** is found by structure, not by name: the vectorized ``pyro.plate``
+  that every sample site of the model and the guide shares (where two plates hold every
+  site, which one is the data's is ambiguous, and refused). A site outside it (a global
+  latent; a guide site that couples data points, such as ``AutoMultivariateNormal``'s joint
+  latent) has one density for the whole batch and is refused (:class:`DataPlateError`,
+  naming the site and the fix).
+- **A point-mass guide site** (``Delta``, as in ``AutoDelta``) has no density ``q``: refused.
 - **Plates nested in the data plate** (a pixel plate, say) are summed within each data point.
 - **Subsampling** (``subsample_size``, ``subsample``, ``poutine.scale``): every site carries
   the same scale ``N / B``. It is taken *out* of the per-data-point log-weights and applied
@@ -38,6 +40,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import pyro
+import pyro.distributions as dist
 import pyro.util
 import torch
 from pyro import poutine
@@ -114,9 +117,35 @@ def log_importance_weights(
     ``guide(*args, **kwargs)`` per data point, vectorized in a particle plate at
     dim ``-(max_plate_nesting + 1)``, each scored by ``model(*args, **kwargs)``.
     """
-    with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
-        model_trace, guide_trace = importance_traces(model, guide, *args, **kwargs)
+    try:
+        with pyro.plate(PARTICLE_PLATE, num_particles, dim=-(max_plate_nesting + 1)):
+            model_trace, guide_trace = importance_traces(model, guide, *args, **kwargs)
+    except Exception as error:
+        explain_failure(error, model, guide, *args, **kwargs)
+        raise
     return importance_weights(model_trace, guide_trace).log_weights
+
+
+def explain_failure(error: Exception, model: Callable, guide: Callable, *args, **kwargs) -> None:
+    """
+    After ``error`` in a draw inside a particle plate: raise, from it, the :class:`DataPlateError`
+    that one draw without that plate shows (a latent outside the data plate, such as a weight
+    matrix that ``F.linear`` cannot take with a particle dim, which broke before it could be refused);
+    else return, for the caller to raise ``error``. The random number generators are left as they were.
+    """
+    if isinstance(error, DataPlateError):
+        return
+    rng_state = pyro.util.get_rng_state()
+    try:
+        with poutine.block():
+            traces = importance_traces(model, guide, *args, **kwargs)
+        check_data_plate(*traces)
+    except DataPlateError as refusal:
+        raise refusal from error
+    except Exception:  # the draw fails without the particle plate too: the error is the model's own
+        return
+    finally:
+        pyro.util.set_rng_state(rng_state)
 
 
 def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeights:
@@ -150,6 +179,7 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         return _sum_within_data_points(name, log_prob, data_plate.dim, particle_dim).expand(shape)
 
     model_only = model_only_latents(model_trace, guide_trace)
+    _refuse_point_masses(guide_trace)
     model_trace.compute_log_prob()
     guide_trace.compute_log_prob()
     log_p, log_q, proposal = 0.0, 0.0, 0.0
@@ -206,11 +236,32 @@ def model_only_latents(model_trace: Trace, guide_trace: Trace) -> set[str]:
     return {name for name, site in _sample_sites(model_trace) if not site["is_observed"] and name not in guide_trace}
 
 
+def _refuse_point_masses(guide_trace: Trace) -> None:
+    """
+    Refuse a guide site drawn from a point mass (``Delta``, as in ``AutoDelta``), unless the
+    guide has auxiliary sites whose density stands for it (``AutoNormal`` on a constrained site).
+    """
+    if any(site["infer"].get("is_auxiliary") for _, site in _sample_sites(guide_trace)):
+        return
+    for name, site in _sample_sites(guide_trace):
+        fn = site["fn"]
+        while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):  # Independent, masked, expanded...
+            fn = fn.base_dist
+        if isinstance(fn, dist.Delta):
+            raise DataPlateError(
+                f"guide site {name!r} is a point mass (Delta, as in AutoDelta): it has no density q(z | x), so"
+                " the weight p(x, z) / q(z | x) would be p(x, z) at one point, which is not a bound on log p(x)"
+                " (for MAP, train with Trace_ELBO). Use a guide with a density: an encoder network's Normal, or"
+                " AutoNormal."
+            )
+
+
 def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFrame:
     """
-    Find the data plate: the outermost vectorized plate (apart from a particle plate)
-    that every sample site of both traces shares; sites without a density
-    (``pyro.deterministic``) do not count.
+    Find the data plate: the vectorized plate (apart from a particle plate) that every
+    sample site of both traces shares; sites without a density (``pyro.deterministic``)
+    do not count. Where two plates hold every site, either could index the data points,
+    and the weights of the other would be a product over a whole column: refused.
 
     :returns: the data plate's frame (from the first site; its ``dim`` and ``size``).
     :raises DataPlateError: naming a site outside it, and the fix.
@@ -226,7 +277,14 @@ def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFr
     shared = set.intersection(*({f.name for f in frames} for frames in plates.values()))
     if not shared:
         _refuse_site_outside_the_data_plate(sites, plates)
-    # cond_indep_stack lists the outermost plate first
+    if len(shared) > 1:
+        frames = ", ".join(f"{f.name!r} (dim {f.dim})" for f in next(iter(plates.values())) if f.name in shared)
+        raise DataPlateError(
+            f"the plates {frames} each hold every sample site of the model and the guide, so which of them"
+            " indexes the data points is ambiguous (the order of `with` and the dims do not tell: Pyro gives the"
+            " plate entered first dim -1). Keep one plate around every site, the data plate, and put the other"
+            " dims into each site's event (`.to_event(1)`), or keep a latent out of the inner plate."
+        )
     data_plate = next(f for f in next(iter(plates.values())) if f.name in shared)
     for (role, name), frames in plates.items():
         frame = next(f for f in frames if f.name == data_plate.name)
@@ -240,16 +298,28 @@ def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFr
 
 
 def _refuse_site_outside_the_data_plate(sites: list, plates: dict) -> None:
-    observed = [plates[role, name] for role, name, site in sites if site["is_observed"]] or list(plates.values())
-    candidates = set.intersection(*({f.name for f in frames} for frames in observed))
+    observed = [(role, name) for role, name, site in sites if site["is_observed"]] or list(plates)
+    candidates = set.intersection(*({f.name for f in plates[key]} for key in observed))
     if not candidates:
-        raise DataPlateError(
-            "the observations are not inside a pyro.plate over the data points, so there is no data point to weigh:"
-            " put every sample site (latents and the observation) inside `with pyro.plate('data', len(x)):`."
+        where = "; ".join(
+            f"{role} site {name!r} in {[f.name for f in plates[role, name]] or 'no plate'}" for role, name in observed
         )
-    frames = next(iter(observed))
-    plate = next(f.name for f in frames if f.name in candidates)
-    role, name, site = next((r, n, s) for r, n, s in sites if plate not in {f.name for f in plates[r, n]})
+        raise DataPlateError(
+            f"the observed sites share no pyro.plate ({where}), so there is no data point to weigh: every"
+            " observation, and every pyro.factor, must belong to one data point, inside `with pyro.plate('data',"
+            " len(x)):`. A term of the whole batch (a penalty on parameters) is not part of a per-data-point bound:"
+            " add it to the loss yourself."
+        )
+    plate = next(f for f in plates[observed[0]] if f.name in candidates)
+    role, name, site = next((r, n, s) for r, n, s in sites if plate.name not in {f.name for f in plates[r, n]})
+    alias = next((f for f in plates[role, name] if (f.dim, f.size) == (plate.dim, plate.size)), None)
+    if alias is not None:
+        raise DataPlateError(
+            f"{role} site {name!r} is in pyro.plate({alias.name!r}), and the observations in"
+            f" pyro.plate({plate.name!r}), of the same size {plate.size} at the same dim {plate.dim}: Pyro tells"
+            " plates apart by name, so give the model's and the guide's data plate the same name."
+        )
+    plate = plate.name
     if role == "guide":
         raise DataPlateError(
             f"guide site {name!r} is outside pyro.plate({plate!r}), the plate of the data points: it couples the"

@@ -37,22 +37,36 @@ from pyro.poutine.util import prune_subsample_sites
 from pyro_iwae.importance import (
     DataPlateError,
     ImportanceWeights,
+    explain_failure,
     guess_max_plate_nesting,
     importance_weights,
     model_only_latents,
 )
+from pyro_iwae.validation import positive_integer
 
 
-class _GuessesNestingQuietly:
+class _PerDataPointTraces:
     """
-    Pyro's ELBOs guess ``max_plate_nesting`` on their first call from a trace that draws
-    from the random number generators; this guess does not, so an objective's numbers
-    do not depend on whether it has guessed yet (a resumed run reproduces an uninterrupted one).
+    How the objectives here draw their traces, unlike Pyro's ELBOs:
+
+    - Pyro's ELBOs guess ``max_plate_nesting`` on their first call from a trace that draws from
+      the random number generators; this guess does not, so an objective's numbers do not depend
+      on whether it has guessed yet (a resumed run reproduces an uninterrupted one).
+    - Where a draw in the particle plate fails, a model that cannot have per-data-point weights
+      (a global latent whose shapes the particle plate broke) is refused by name
+      (:func:`~pyro_iwae.importance.explain_failure`), rather than left to a shape error.
     """
 
     def _guess_max_plate_nesting(self, model, guide, args, kwargs):
         particle_plate = self.vectorize_particles and self.num_particles > 1
         self.max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs) + particle_plate
+
+    def _get_traces(self, model, guide, args, kwargs):
+        try:
+            yield from super()._get_traces(model, guide, args, kwargs)
+        except Exception as error:
+            explain_failure(error, model, guide, *args, **kwargs)
+            raise
 
 
 class OneBackwardPass:
@@ -75,7 +89,7 @@ class OneBackwardPass:
         return loss.detach()
 
 
-class VAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, Trace_ELBO):
+class VAE_ELBO(_PerDataPointTraces, OneBackwardPass, Trace_ELBO):
     """
     :class:`pyro.infer.Trace_ELBO`, refusing (with :class:`~pyro_iwae.importance.DataPlateError`)
     a model latent that the guide does not sample (``Trace_ELBO`` would add its log-density,
@@ -118,7 +132,7 @@ class VAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, Trace_ELBO):
         return -weights.scale * surrogate_elbo, -weights.scale * bound
 
 
-class IWAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, ELBO):
+class IWAE_ELBO(_PerDataPointTraces, OneBackwardPass, ELBO):
     """
     The IWAE bound ``sum_i log (1/k) sum_l w_il`` (Burda et al., 2016, eq. 8), a Pyro ELBO.
 
@@ -142,6 +156,7 @@ class IWAE_ELBO(_GuessesNestingQuietly, OneBackwardPass, ELBO):
     ) -> None:
         if not vectorize_particles:
             raise ValueError(f"{type(self).__name__} always vectorizes its particles")
+        num_particles = positive_integer("num_particles", num_particles)
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
 
     def _get_trace(self, model, guide, args, kwargs):
@@ -278,10 +293,14 @@ class _PathwiseIWAE(IWAE_ELBO):
             replayed = poutine.replay(particles(fn), trace=_with_values(guide_trace, values))
             return prune_subsample_sites(poutine.trace(replayed).get_trace(*args, **kwargs))
 
-        guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
-        latents = _reparameterized_latents(prune_subsample_sites(guide_trace))
-        model_values = {name: path_values(value) for name, value in latents.items()}
-        model_trace = trace_at(model, model_values)
+        try:
+            guide_trace = poutine.trace(particles(guide)).get_trace(*args, **kwargs)
+            latents = _reparameterized_latents(prune_subsample_sites(guide_trace))
+            model_values = {name: path_values(value) for name, value in latents.items()}
+            model_trace = trace_at(model, model_values)
+        except Exception as error:
+            explain_failure(error, model, guide, *args, **kwargs)
+            raise
         fixed_z_trace = trace_at(guide, {name: value.detach() for name, value in latents.items()})
         weights = importance_weights(model_trace, prune_subsample_sites(guide_trace))
         if weights.proposal_log_density is not None:
@@ -581,8 +600,7 @@ def make_objective(name: str, num_particles: int, max_plate_nesting: int | None 
         found from the first trace).
     :param options: the objective's own parameters: ``num_groups`` (``miwae``, ``piwae``), ``beta`` (``ciwae``).
     """
-    if num_particles < 1:
-        raise ValueError(f"num_particles must be at least 1, got {num_particles}")
+    positive_integer("num_particles", num_particles)
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective {name!r}: choose one of {', '.join(OBJECTIVES)}")
     unknown = [key for key in options if key not in objective_options(name)]

@@ -11,6 +11,7 @@ data point (a wrong sum, scale, plate or site) shows as a wrong number.
 
 import contextlib
 import math
+import re
 
 import pyro
 import pyro.distributions as dist
@@ -18,13 +19,13 @@ import pytest
 import torch
 from pyro import poutine
 from pyro.infer import SVI
-from pyro.infer.autoguide import AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
+from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoMultivariateNormal, AutoNormal
 from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
 from pyro_iwae.evaluation import log_likelihood
 from pyro_iwae.importance import DataPlateError
-from pyro_iwae.objectives import make_objective
+from pyro_iwae.objectives import IWAE_ELBO, make_objective
 
 F64 = torch.float64
 
@@ -203,6 +204,83 @@ def test_a_conditional_model_takes_labels_split_with_the_images():
         log_likelihood(model, guide, x, 5000)
     with pytest.raises(ValueError, match="different numbers of rows"):
         log_likelihood(model, guide, x, y[:5], num_particles=5)
+    with pytest.raises(ValueError, match="keyword argument y= has a row for each of the 11 data points"):
+        log_likelihood(model, guide, x, y=y, num_particles=5, batch_size=4)
+
+
+@pytest.mark.parametrize(
+    "argument, value",
+    [
+        ("num_particles", 0),
+        ("num_particles", 2.5),
+        ("num_particles", True),
+        ("batch_size", 0),
+        ("particle_chunk_size", -5),
+    ],
+)
+def test_a_count_that_is_not_a_whole_number_of_at_least_one_is_refused_by_name(argument, value):
+    fa = Factor()
+    x = fa.data(5)
+    message = f"{argument} must be a whole number of at least 1, got {value!r}"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        log_likelihood(factor_model(fa), factor_guide(fa), x, **{"num_particles": 3, argument: value})
+    if argument == "num_particles":
+        for make in (lambda: make_objective("iwae", value), lambda: IWAE_ELBO(num_particles=value)):
+            with pytest.raises(ValueError, match=re.escape(message)):
+                make()
+
+
+def test_no_data_points_give_no_estimates():
+    fa = Factor()
+    estimate = log_likelihood(factor_model(fa), factor_guide(fa), fa.data(5)[:0], num_particles=3)
+    assert estimate.log_likelihood.shape == estimate.elbo.shape == (0,)
+
+
+@pytest.mark.parametrize("objective", [None, "iwae", "iwae-stl", "elbo"])
+def test_a_global_latent_that_the_particle_plate_breaks_is_refused_by_name(objective):
+    # a weight matrix outside the data plate: in a particle plate it is [k, D, d], which F.linear cannot take,
+    # so the draw fails before the weights could refuse it; one draw without the particle plate names it
+    fa = Factor()
+    x = fa.data(6)
+
+    def model(x):
+        W = pyro.sample("W", dist.Normal(fa.W, 1.0).to_event(2))
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(nn.functional.linear(z, W, fa.b), fa.sigma).to_event(1), obs=x)
+
+    guide = factor_guide(fa)
+    with pytest.raises(DataPlateError, match="model site 'W' is outside pyro.plate") as refusal:
+        if objective is None:
+            log_likelihood(model, guide, x, num_particles=4)
+        else:
+            make_objective(objective, 4).loss_and_grads(model, guide, x)
+    assert isinstance(refusal.value.__cause__, RuntimeError)  # the shape error, kept as the cause
+
+
+def test_a_plate_named_apart_in_the_guide_is_refused_by_its_name():
+    fa = Factor()
+    x = fa.data(7)
+    message = r"guide site 'z' is in pyro.plate\('batch'\), and the observations in pyro.plate\('data'\).*same name"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(factor_model(fa, "data"), factor_guide(fa, "batch"), x, num_particles=3)
+
+
+def test_an_observation_outside_the_data_plate_is_named():
+    fa = Factor()
+    x = fa.data(7)
+
+    def model(x):
+        factor_model(fa)(x)
+        pyro.factor("penalty", x.new_zeros(()))  # a term of the whole batch
+
+    message = r"the observed sites share no pyro.plate \(model site 'x' in \['data'\]; model site 'penalty' in no plate"
+    for score in (
+        lambda: log_likelihood(model, factor_guide(fa), x, num_particles=3),
+        lambda: make_objective("iwae", 3).loss(model, factor_guide(fa), x),
+    ):
+        with pytest.raises(DataPlateError, match=message):
+            score()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -229,6 +307,82 @@ def test_a_plate_nested_inside_the_data_plate_needs_no_hand_set_dims():
     assert near(estimate.log_likelihood, fa.log_marginal(x))
     for name in ("iwae", "iwae-stl", "iwae-dreg"):
         assert make_objective(name, 3).loss(model, guide, x) == pytest.approx(-fa.log_marginal(x).sum().item())
+
+
+@pytest.mark.parametrize("data_first", [True, False])
+def test_two_plates_around_every_site_are_refused_as_ambiguous(data_first):
+    # z_nd ~ N(0, 1), x_nd | z_nd ~ N(z_nd, s^2), every site in a data plate and a feature plate: either could
+    # index the data points (the order of `with` and the dims do not say which), so it is refused; with the
+    # features in the event, each weight is p(x_n) under the exact posterior, whatever the batch
+    num_data, num_features, s = 6, 3, 0.5
+    x = torch.randn(num_data, num_features, generator=torch.Generator().manual_seed(0), dtype=F64)
+    v = 1 / (1 + s**-2)  # the posterior of z_nd: N(v x_nd / s^2, v)
+
+    def plates(x):
+        data, features = pyro.plate("data", x.shape[0], dim=-2), pyro.plate("features", num_features, dim=-1)
+        return (data, features) if data_first else (features, data)
+
+    def model(x):
+        first, second = plates(x)
+        with first, second:
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, s), obs=x)
+
+    def guide(x):
+        first, second = plates(x)
+        with first, second:
+            pyro.sample("z", dist.Normal(v * x / s**2, math.sqrt(v)))
+
+    message = r"the plates .*'data' \(dim -2\).* each hold every sample site .* ambiguous"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, x, num_particles=4, batch_size=3)
+    with pytest.raises(DataPlateError, match=message):
+        make_objective("iwae", 4).loss(model, guide, x)
+
+    def model_with_events(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(num_features), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z, s).to_event(1), obs=x)
+
+    def guide_with_events(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(v * x / s**2, math.sqrt(v)).to_event(1))
+
+    exact = Normal(x.new_zeros(()), math.sqrt(1 + s**2)).log_prob(x).sum(-1)
+    estimate = log_likelihood(model_with_events, guide_with_events, x, num_particles=4, batch_size=3)
+    assert near(estimate.log_likelihood, exact)
+
+
+def test_a_point_mass_guide_is_refused():
+    fa = Factor(latent_dim=1)
+    x = fa.data(8)
+    model = factor_model(fa)
+
+    def delta_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Delta(fa.posterior(x)[0]).to_event(1))
+
+    pyro.clear_param_store()
+    for guide in (delta_guide, AutoDelta(model)):
+        with pytest.raises(DataPlateError, match="guide site 'z' is a point mass"):
+            log_likelihood(model, guide, x, num_particles=3)
+        with pytest.raises(DataPlateError, match="guide site 'z' is a point mass"):
+            make_objective("iwae", 3).loss(model, guide, x)
+
+    # AutoNormal's Delta at a constrained site is a transform of an auxiliary site with a density: scored
+    def positive_model(x):
+        with pyro.plate("data", x.shape[0]):
+            rate = pyro.sample("rate", dist.Gamma(2.0, 1.0))
+            pyro.sample("x", dist.Poisson(rate), obs=x)
+
+    counts = torch.tensor([0.0, 1.0, 4.0, 2.0])
+    pyro.clear_param_store()
+    estimate = log_likelihood(
+        positive_model, AutoNormal(positive_model, init_scale=1.0), counts, num_particles=20000, seed=0
+    )
+    # the marginal of a Gamma(2, 1) Poisson mixture: negative binomial with r = 2, p = 1/2
+    exact = dist.NegativeBinomial(2.0, probs=torch.tensor(0.5)).log_prob(counts)
+    assert torch.allclose(estimate.log_likelihood, exact, atol=0.05)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
