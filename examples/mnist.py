@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
     p = parser()
-    with one_line_errors(p):
+    with one_line_errors(p, "interrupted: the finished epochs are kept in the checkpoint; add --resume to continue"):
         config = RunConfig.from_args(p.parse_args())
         metrics = main(config)
     print(

@@ -107,7 +107,7 @@ def parser() -> argparse.ArgumentParser:
 if __name__ == "__main__":
     keep_freed_memory()  # every step and evaluation pass reuses the last one's memory
     p = parser()
-    with one_line_errors(p):
+    with one_line_errors(p, "interrupted: the finished models and epochs are kept; run the command again to continue"):
         args = p.parse_args()
         # the processes exchange only their cells' metrics, so gloo serves GPUs too
         with process_group(resolve_device(args.device), backend="gloo", timeout=WAIT_FOR_THE_OTHERS):

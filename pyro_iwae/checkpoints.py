@@ -146,7 +146,7 @@ class RunDirectory:
             raise CheckpointError(
                 f"no checkpoint at {self.checkpoint_path} to resume from: start afresh instead (without --resume)"
             )
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        state = _load(self.checkpoint_path, "cpu")
         differences = [
             f"{key} {state['config'].get(key)!r} there, {value!r} here"
             for key, value in self.config.items()
@@ -238,12 +238,7 @@ def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         path = path / "checkpoint.pt"
     elif not path.is_file():
         raise CheckpointError(f"no such run directory, checkpoint or weights file: {path}")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as error:  # torch.load raises whatever its unpickler or zip reader does
-        raise CheckpointError(
-            f"{path} is not a checkpoint or weights file written by pyro_iwae ({type(error).__name__}: {error})"
-        ) from error
+    state = _load(path, device)
     if not isinstance(state, dict) or not {"config", "module"} <= state.keys() or not isinstance(state["config"], dict):
         found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
@@ -252,6 +247,17 @@ def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
         )
     epoch = state["epoch"] if "epoch" in state else len(state.get("history", []))
     return StoredWeights(path, state["config"], epoch, state["module"])
+
+
+def _load(path: Path, device: torch.device | str) -> object:
+    """:func:`torch.load`, whose failures (whatever its unpickler or zip reader raises) name the file."""
+    try:
+        return torch.load(path, map_location=device, weights_only=False)
+    except Exception as error:
+        raise CheckpointError(
+            f"{path} is not a checkpoint or weights file written by pyro_iwae, or it is damaged"
+            f" ({type(error).__name__}: {error})"
+        ) from error
 
 
 def initialize_from(module: nn.Module, path: str | os.PathLike) -> StoredWeights:

@@ -16,7 +16,7 @@ from pyro.infer import ELBO
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyro_iwae.checkpoints import RunDirectory
+from pyro_iwae.checkpoints import CheckpointError, RunDirectory
 from pyro_iwae.data import batches
 from pyro_iwae.importance import check_data_plate, importance_traces
 
@@ -90,6 +90,11 @@ def train(
     _check_images(images, batch_size)
     if resume and run is None:
         raise ValueError("resume=True needs the run=RunDirectory(...) to resume from")
+    if not resume and run is not None and run.checkpoint_path.exists():  # never train over finished epochs
+        raise CheckpointError(
+            f"{run.path} holds a checkpoint already: continue that run with --resume (resume=True), or write to"
+            " another directory"
+        )
     images = images.to(next(vae.parameters()).device)  # shuffled and binarized there, batch by batch
     optimizer = make_optimizer(vae.parameters(), lr=learning_rates[0] if learning_rates else 0.0)
     # refuse, before training, a model whose bound or log-likelihood cannot be formed per data point
@@ -98,6 +103,11 @@ def train(
     pyro.set_rng_seed(seed)
     if resume:  # the random number generators as they were, unless the run moves to another kind of device
         history = run.restore(vae, optimizer, data_generator)
+        if len(history) > len(learning_rates):
+            raise CheckpointError(
+                f"{run.checkpoint_path} holds {len(history)} epochs, more than the {len(learning_rates)} asked for:"
+                f" resume with --epochs {len(history)} or more (a schedule at least that long)"
+            )
     else:
         history = []
         if run is not None:

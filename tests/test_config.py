@@ -67,6 +67,7 @@ def test_command_line_gives_back_the_config():
     "fields, message",
     [
         (dict(particles=0), "--particles must be at least 1, got 0"),
+        (dict(seed=2**32), "--seed must be at most 4294967295, got 4294967296"),
         (
             dict(objective="vae"),
             "--objective must be one of elbo, iwae, iwae-stl, iwae-dreg, miwae, ciwae, piwae, got 'vae'",

@@ -94,6 +94,19 @@ def test_resume_refuses_another_configuration(tmp_path):
         fit(2, tmp_path / "nothing", resume=True)
 
 
+def test_finished_epochs_are_never_trained_over(tmp_path):
+    vae, _ = fit(2, tmp_path)
+    kept = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="holds a checkpoint already: continue that run with --resume"):
+        fit(3, tmp_path)  # afresh, into the same directory
+    with pytest.raises(CheckpointError, match="holds 2 epochs, more than the 1 asked for"):
+        fit(1, tmp_path, resume=True)
+    assert (tmp_path / "checkpoint.pt").read_bytes() == kept
+    (tmp_path / "checkpoint.pt").write_bytes(kept[: len(kept) // 2])  # a damaged copy
+    with pytest.raises(CheckpointError, match="checkpoint.pt is not a checkpoint .*, or it is damaged"):
+        fit(3, tmp_path, resume=True)
+
+
 class NaNAt:
     """An objective whose loss and gradients turn NaN at the given (1-based) step."""
 

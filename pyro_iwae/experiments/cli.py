@@ -30,16 +30,17 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 
 @contextmanager
-def one_line_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
+def one_line_errors(parser: argparse.ArgumentParser, interrupted: str = "interrupted") -> Iterator[None]:
     """
     Run a script's work inside this: a value that :class:`ConfigError` refuses is a usage error
-    (``parser.error``, exit status 2); another user error, or Ctrl-C, exits with one line on stderr.
+    (``parser.error``, exit status 2); another user error (or a file that cannot be read or
+    written), or Ctrl-C, exits with one line on stderr, ``interrupted`` for Ctrl-C.
     """
     try:
         yield
     except ConfigError as error:
         parser.error(str(error))
-    except USER_ERRORS as error:
+    except (*USER_ERRORS, OSError) as error:
         sys.exit(f"error: {error}")
     except KeyboardInterrupt:
-        sys.exit("interrupted: the finished epochs are kept in the checkpoints; run the command again to continue")
+        sys.exit(interrupted)

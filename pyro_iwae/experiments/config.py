@@ -36,7 +36,13 @@ class ConfigError(ValueError):
 
 
 def option(
-    default, help: str, *flags: str, checkpointed: bool = False, minimum: float | None = None, **argparse_kwargs
+    default,
+    help: str,
+    *flags: str,
+    checkpointed: bool = False,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    **argparse_kwargs,
 ):
     """
     A :class:`RunConfig` field and its command-line flag.
@@ -44,9 +50,12 @@ def option(
     :param flags: the flag's names (default: ``--field-name``; ``--no-field-name`` for a field that is on by default).
     :param checkpointed: a checkpoint records the field, and only a run with the same value may resume it.
     :param minimum: the smallest value allowed (``None`` is always allowed).
+    :param maximum: the largest value allowed.
     :param argparse_kwargs: ``type``, ``choices``: passed to ``add_argument``.
     """
-    metadata = dict(help=help, flags=flags, checkpointed=checkpointed, minimum=minimum, argparse=argparse_kwargs)
+    metadata = dict(
+        help=help, flags=flags, checkpointed=checkpointed, minimum=minimum, maximum=maximum, argparse=argparse_kwargs
+    )
     return field(default=default, metadata=metadata)
 
 
@@ -135,7 +144,12 @@ class RunConfig:
     test_size: int | None = option(None, "use the first N test images (default: all)", minimum=1, type=int)
     device: str = option("auto", "auto: CUDA where there is a GPU, else the CPU", choices=list(DEVICES))
     seed: int = option(
-        0, "seeds the initial weights, the batches and the samples", checkpointed=True, minimum=0, type=int
+        0,
+        "seeds the initial weights, the batches and the samples",
+        checkpointed=True,
+        minimum=0,
+        maximum=2**32 - 1,  # what torch's and numpy's generators take
+        type=int,
     )
     out: str | None = option(
         None,
@@ -173,6 +187,8 @@ class RunConfig:
                 raise ConfigError(f"{flag(spec)} must be one of {', '.join(map(str, choices))}, got {value!r}")
             if spec.metadata["minimum"] is not None and value is not None and value < spec.metadata["minimum"]:
                 raise ConfigError(f"{flag(spec)} must be at least {spec.metadata['minimum']}, got {value}")
+            if spec.metadata["maximum"] is not None and value is not None and value > spec.metadata["maximum"]:
+                raise ConfigError(f"{flag(spec)} must be at most {spec.metadata['maximum']}, got {value}")
         for name, value in self.objective_options().items():
             if value is None:
                 raise ConfigError(f"--objective {self.objective} needs --{OBJECTIVE_OPTIONS[name]}")
