@@ -43,7 +43,9 @@ def main(config: RunConfig) -> dict:
     vae = VAE(
         *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
     ).to(device)
-    if config.init_from is not None:  # a trained model, to train on (with another objective: Burda et al.'s Table 2)
+    # a trained model to train on, perhaps with another objective (Burda et al.'s Table 2); a resumed run's
+    # checkpoint holds what it became
+    if config.init_from is not None and not config.resume:
         initialize_from(vae, config.init_from)
 
     # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0),

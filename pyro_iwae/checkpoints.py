@@ -276,9 +276,11 @@ def initialize_from(module: nn.Module, path: str | os.PathLike) -> StoredWeights
         trained = ", ".join(
             f"{key} {stored.config.get(key, default)!r}" for key, default in ARCHITECTURE_FIELDS.items()
         )
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # the first missing, unexpected or misshapen weights
         raise CheckpointError(
-            f"the weights in {stored.path} ({trained}) do not fit the model to be trained: give it the same layers,"
-            f" prior and guide ({str(error).splitlines()[0]})"
+            f"the weights in {stored.path} were trained with {trained}, and do not fit the model to be trained"
+            f" ({detail[:300]}): give it the same layers, prior and guide"
         ) from error
     return stored
 

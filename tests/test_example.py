@@ -173,4 +173,5 @@ def test_init_from_trains_on_from_a_trained_model_with_another_objective(run_dir
 
     other_architecture = run_example(*flags, "--layers", 2, "--out", tmp_path / "two-layers")
     assert other_architecture.returncode == 1 and "Traceback" not in other_architecture.stderr
-    assert "(layers 1, prior 'normal', guide 'normal') do not fit the model to be trained" in other_architecture.stderr
+    message = "were trained with layers 1, prior 'normal', guide 'normal', and do not fit the model to be trained ("
+    assert message in other_architecture.stderr and "key(s)" in other_architecture.stderr
