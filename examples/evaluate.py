@@ -139,7 +139,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--test-size", type=at_least(1), default=None, help="score the first N images of --split (default: all)"
     )
-    RunConfig.add_arguments(p, SHARED_FIELDS)
+    helps = dict(
+        seed="batch i of --eval-batch-size images draws its samples from a seed made of --seed and i, as"
+        " examples/mnist.py scores (with its --seed and --eval-batch-size, the same numbers)",
+        compile="trace each shape of evaluation pass once and compile it with torch.compile: the same"
+        " estimates to float rounding, faster at a large --eval-particles (seconds to a minute per shape)",
+    )
+    RunConfig.add_arguments(p, SHARED_FIELDS, helps)
     p.add_argument("--out", default=None, help="write the summary to this JSON file (default: only print it)")
     p.add_argument("--per-image", default=None, help="write every image's estimates to this CSV file")
     return p

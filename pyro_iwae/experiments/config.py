@@ -256,18 +256,23 @@ class RunConfig:
 
     @classmethod
     def add_arguments(
-        cls, parser: argparse.ArgumentParser, names: Iterable[str] | None = None, **defaults
+        cls,
+        parser: argparse.ArgumentParser,
+        names: Iterable[str] | None = None,
+        helps: dict[str, str] | None = None,
+        **defaults,
     ) -> argparse.ArgumentParser:
         """
         Add the flags of the fields ``names`` (default: all) to ``parser``.
 
+        :param helps: help texts that differ from the fields' for this script, by field name.
         :param defaults: defaults that differ from the fields' for this script.
         """
         specs = {spec.name: spec for spec in dataclasses.fields(cls)}
         for name in specs if names is None else names:
             spec = specs[name]
             default = defaults.get(name, spec.default)
-            help_text = spec.metadata["help"]
+            help_text = (helps or {}).get(name, spec.metadata["help"])
             if isinstance(default, bool):
                 action = "store_false" if default else "store_true"
                 parser.add_argument(flag(spec, default), dest=name, action=action, help=help_text)
