@@ -37,9 +37,18 @@ SWITCH_TO = {"elbo": ("iwae", 50), "iwae": ("elbo", 1)}
 
 
 def run(out: Path, flags: list[str]) -> dict:
-    """``examples/mnist.py`` with ``flags`` into ``out`` (unless it has finished there): its metrics."""
+    """``examples/mnist.py`` with ``flags`` into ``out`` (unless finished there; resumed if begun): its metrics."""
     if not (out / "metrics.json").exists():
-        command = [sys.executable, str(ROOT / "examples" / "mnist.py"), *flags, "--out", str(out), "--no-plots"]
+        resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+        command = [
+            sys.executable,
+            str(ROOT / "examples" / "mnist.py"),
+            *flags,
+            *resume,
+            "--out",
+            str(out),
+            "--no-plots",
+        ]
         print("+", shlex.join(command), flush=True)
         subprocess.run(command, check=True)
     return json.loads((out / "metrics.json").read_text())
