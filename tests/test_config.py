@@ -53,6 +53,12 @@ def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
     }
 
 
+def test_one_init_from_path_spelled_two_ways_is_one_checkpointed_value():
+    """A run started with `--init-from runs/a` resumes with `--init-from ./runs/a/` (the strings are compared)."""
+    spellings = [parse("--init-from", path).checkpointed_fields()["init_from"] for path in ("runs/a", "./runs/a/")]
+    assert spellings == ["runs/a", "runs/a"]
+
+
 def test_command_line_gives_back_the_config():
     config = RunConfig(
         objective="elbo", particles=1, schedule="burda", train_size=500, snapshot_every=100, plots=False, out="x"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,8 @@ class RunConfig:
     validate: bool = option(False, "turn on Pyro's distribution validation (slower; off by default for speed)")
 
     def __post_init__(self) -> None:
+        if self.init_from is not None:  # one spelling per path, so that `--init-from runs/a/` resumes `runs/a`'s run
+            self.init_from = os.path.normpath(self.init_from)
         for spec in dataclasses.fields(self):
             value, choices = getattr(self, spec.name), spec.metadata["argparse"].get("choices")
             if choices is not None and value not in choices:
