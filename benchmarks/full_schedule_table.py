@@ -58,7 +58,7 @@ from pyro_iwae import keep_freed_memory, log_likelihood
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import StoredWeights, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
-from pyro_iwae.evaluation import active_units, unit_variances
+from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, active_units, unit_variances
 from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
 from pyro_iwae.experiments.grid import PAPER_NLL
@@ -505,7 +505,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         " once with seed 0 (K and the images for each run below). Train NLL: the same estimator on the first"
         " training images, binarized once with seed 0 (`pyro_iwae.data.binarize`);"
         f" the train–test gap is test NLL − train NLL (Burda et al. report {PAPER_GAP} nats). Active units:"
-        " Var_x(E_q[z_u|x]) > 0.01 on the test images. Training time: the sum of `history.csv`'s epoch times."
+        f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD} on the test images. Training time: the sum of"
+        " `history.csv`'s epoch times."
         f" Every evaluation here draws batch i of its images from a seed made of {SEED} and i"
         f" (`log_likelihood(..., seed={SEED})`). 'Burda et al.': Table 1 of the paper"
         f" (3280 epochs); '{REPRODUCTION}': the TensorFlow 2 reproduction at https://github.com/nbip/IWAE (README,"

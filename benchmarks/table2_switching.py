@@ -6,7 +6,8 @@ converged IWAE (k = 50) as a VAE (it worsens from 84.78 to 86.02), at lr 1e-4 fo
 For each starting model this runs ``examples/mnist.py --init-from`` three times: with no epochs
 (the starting model's own score), with the other objective, and, as a control, with the model's
 own objective for the same epochs (each a run directory in ``--runs``), then writes ``table.md``
-and ``results.json`` to ``--out``::
+and ``results.json`` to ``--out``; here from snapshots of the paper-budget runs, which exist only where
+they train (``runs/`` is not versioned: elsewhere, any two weights files or run directories)::
 
     python benchmarks/table2_switching.py --vae runs/full-schedule/mnist-elbo-k1-1layer/weights/epoch-0300.pt \\
         --iwae runs/full-schedule/mnist-iwae-k5-1layer/weights/epoch-0200.pt --epochs 2 --test-size 1000

@@ -1,5 +1,5 @@
 """
-Training throughput: one Adam step of our Pyro objectives (``RenyiELBO`` / ``Trace_ELBO``,
+Training throughput: one Adam step of our Pyro objectives (``IWAE_ELBO`` / ``VAE_ELBO``,
 vectorized particles) against the hand-written PyTorch IWAE a user would otherwise write,
 with the same networks, weights, optimizer (:func:`pyro_iwae.training.make_optimizer`) and
 batches, measured side by side in one process, with glibc told to keep freed memory

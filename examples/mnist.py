@@ -23,7 +23,7 @@ from pyro_iwae.compiled import compile_objective
 from pyro_iwae.data import load_dataset
 from pyro_iwae.evaluation import active_units, log_likelihood
 from pyro_iwae.experiments.cli import one_line_errors
-from pyro_iwae.experiments.config import RunConfig, resolve_device
+from pyro_iwae.experiments.config import ConfigError, RunConfig, resolve_device
 from pyro_iwae.experiments.outputs import run_metrics, save_plots, write_json
 from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import ARCHITECTURES, VAE
@@ -33,6 +33,8 @@ from pyro_iwae.training import train
 
 def main(config: RunConfig) -> dict:
     device = resolve_device(config.device)
+    if config.directory.exists() and not config.directory.is_dir():
+        raise ConfigError(f"--out {config.directory} is a file: name a directory (made if missing)")
     dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
     config.directory.mkdir(parents=True, exist_ok=True)
     pyro.enable_validation(config.validate)
@@ -48,7 +50,7 @@ def main(config: RunConfig) -> dict:
     if config.init_from is not None and not config.resume:
         initialize_from(vae, config.init_from)
 
-    # the bound to maximise: the ELBO (Pyro's Trace_ELBO) or the k-sample IWAE bound (RenyiELBO, alpha=0),
+    # the bound to maximise: the ELBO (VAE_ELBO, Pyro's Trace_ELBO) or the k-sample IWAE bound (IWAE_ELBO),
     # the latter with IWAE's gradient or the STL or DReG estimator of it for the guide; or MIWAE, CIWAE, PIWAE
     objective = make_objective(config.objective, config.particles, **config.objective_options())
     if config.compile:  # the same step, traced through Pyro once and compiled

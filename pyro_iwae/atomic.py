@@ -18,7 +18,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     is removed and ``path`` is left as it was.
 
     :param path: the final destination.
-    :param mode: ``"wb"`` or ``"w"``.
+    :param mode: ``"wb"``, ``"w"``, or ``"w+b"`` to read back what was written before the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

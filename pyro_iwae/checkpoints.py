@@ -49,7 +49,6 @@ def save_weights(path: str | os.PathLike, module: nn.Module, config: dict, epoch
     The module's state dict alone (no optimiser state: a few MB), with the ``config``
     it was trained with and its ``epoch``, written atomically to ``path``.
     """
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(path, dict(config=config, epoch=epoch, module=module.state_dict()))
 
 

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from pyro.infer import ELBO
 
+from pyro_iwae.validation import positive_integer
+
 
 def gradient_samples(
     objective: ELBO,
@@ -40,8 +42,7 @@ def gradient_samples(
     :returns: ``[num_samples, num_components]``, one estimate per row, ``num_components`` being
         the sum of ``p.numel()`` over ``parameters``.
     """
-    if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    positive_integer("num_samples", num_samples)
     rows = []
     for _ in range(num_samples):
         for p in parameters:

@@ -307,7 +307,13 @@ def unit_variances(guide: Callable, data: torch.Tensor, **kwargs) -> dict[str, t
     return {name: means.var(0) for name, means in posterior_means(guide, data, **kwargs).items()}
 
 
-def active_units(guide: Callable, data: torch.Tensor, threshold: float = 0.01, **kwargs) -> dict[str, torch.Tensor]:
+#: Burda et al.'s (2016, section 5.2) threshold on ``Var_x(E_q[z_u | x])`` for an active unit
+ACTIVITY_THRESHOLD = 0.01
+
+
+def active_units(
+    guide: Callable, data: torch.Tensor, threshold: float = ACTIVITY_THRESHOLD, **kwargs
+) -> dict[str, torch.Tensor]:
     """
     Active latent units (Burda et al., 2016, section 5.2): unit ``u`` is active
     if ``Var_x(E_q[z_u | x]) > threshold`` (:func:`unit_variances`).

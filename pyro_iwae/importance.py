@@ -50,8 +50,8 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 #: our particle plate, and the one Pyro's ELBOs add with ``vectorize_particles=True``
-PARTICLE_PLATE = "particles"
-PARTICLE_PLATES = (PARTICLE_PLATE, "num_particles_vectorized")
+PARTICLE_PLATE, PYRO_PARTICLE_PLATE = "particles", "num_particles_vectorized"
+PARTICLE_PLATES = (PARTICLE_PLATE, PYRO_PARTICLE_PLATE)
 
 
 class DataPlateError(ValueError):

@@ -97,6 +97,8 @@ class VAE(nn.Module):
         p(x, z) for a ``[batch_size, x_dim]`` batch of binary images.
         """
         pyro.module("prior", self.prior)
+        if isinstance(self.prior, VampPrior):  # its p(z) runs the guide's encoder, whose weights the model uses too
+            pyro.module("encoder", self.encoder)
         pyro.module("decoder_latents", self.decoder_latents)
         pyro.module("decoder_pixels", self.decoder_pixels)
         names = self.latent_names

@@ -35,6 +35,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_iwae.importance import (
+    PYRO_PARTICLE_PLATE,
     DataPlateError,
     ImportanceWeights,
     explain_failure,
@@ -77,7 +78,7 @@ class OneBackwardPass:
     to finish the step; :func:`~pyro_iwae.training.train` calls :meth:`backward` instead.
     """
 
-    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def backward(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """
         :meth:`surrogate_loss` backpropagated into ``.grad`` of every parameter.
 
@@ -115,7 +116,7 @@ class VAE_ELBO(_PerDataPointTraces, OneBackwardPass, Trace_ELBO):
             )
         return model_trace, guide_trace
 
-    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def surrogate_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """
         The ELBO of ``num_particles`` particles as ``(surrogate_loss, loss)`` tensors, the first's
         gradient that of ``Trace_ELBO`` (its score-function term included), from the same
@@ -162,7 +163,7 @@ class IWAE_ELBO(_PerDataPointTraces, OneBackwardPass, ELBO):
     def _get_trace(self, model, guide, args, kwargs):
         return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
 
-    def importance_weights(self, model, guide, *args, **kwargs) -> ImportanceWeights:
+    def importance_weights(self, model: Callable, guide: Callable, *args, **kwargs) -> ImportanceWeights:
         """The ``[num_particles, batch_size]`` weights of one vectorized draw."""
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         return importance_weights(model_trace, guide_trace)
@@ -171,16 +172,16 @@ class IWAE_ELBO(_PerDataPointTraces, OneBackwardPass, ELBO):
     num_groups = 1
 
     @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs) -> float:
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """:returns: ``-L_k``, an estimate of the negative bound."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
         return -weights.scale * _bound(weights.log_weights, self.num_groups)
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+    def loss_and_grads(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """:returns: ``-L_k``, with the gradient of the estimator in ``.grad`` of every parameter."""
         return self.backward(model, guide, *args, **kwargs).item()
 
-    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def surrogate_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """
         ``(surrogate_loss, loss)``: a scalar whose gradient is the estimator's, and ``-L_k``.
         Tensors only, no ``.item()``: :mod:`pyro_iwae.compiled` traces it.
@@ -201,16 +202,16 @@ def _surrogate(weights: ImportanceWeights, num_groups: int) -> tuple[torch.Tenso
     """:meth:`IWAE_ELBO.surrogate`: scalar tensors, both to be multiplied by ``weights.scale``."""
     log_weights = _grouped(weights.log_weights, num_groups)
     group_size = log_weights.shape[0]
-    elbo_particles = log_weights.detach()
+    detached_log_weights = log_weights.detach()
     if group_size == 1:  # ELBOs of one particle each, whose normalized weights are 1: the same numbers, fewer steps
-        log_mean_weight, surrogate_elbo = elbo_particles, log_weights.sum()
+        log_mean_weight, surrogate_elbo = detached_log_weights, log_weights.sum()
     else:
-        log_mean_weight = elbo_particles.logsumexp(0, keepdim=True) - math.log(group_size)
+        log_mean_weight = detached_log_weights.logsumexp(0, keepdim=True) - math.log(group_size)
         # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
-        normalized_weights = (elbo_particles - log_mean_weight).exp()
+        normalized_weights = (detached_log_weights - log_mean_weight).exp()
         surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
     if weights.proposal_log_density is not None:
-        learning_signal = vimco_learning_signal(elbo_particles)
+        learning_signal = vimco_learning_signal(detached_log_weights)
         proposal_log_density = _grouped(weights.proposal_log_density, num_groups)
         surrogate_elbo = surrogate_elbo + (learning_signal * proposal_log_density).sum()
     return surrogate_elbo / num_groups, log_mean_weight.sum() / num_groups
@@ -287,7 +288,7 @@ class _PathwiseIWAE(IWAE_ELBO):
         particle_dim = -self.max_plate_nesting - (self.num_particles == 1)
 
         def particles(fn):
-            return pyro.plate("num_particles_vectorized", self.num_particles, dim=particle_dim)(fn)
+            return pyro.plate(PYRO_PARTICLE_PLATE, self.num_particles, dim=particle_dim)(fn)
 
         def trace_at(fn, values):
             replayed = poutine.replay(particles(fn), trace=_with_values(guide_trace, values))
@@ -328,7 +329,7 @@ class _Pathwise(NamedTuple):
     :ivar model_values: ``{name: path_values(z)}``, the values the model was run at.
     :ivar weights: the :class:`~pyro_iwae.importance.ImportanceWeights` of the model's and the guide's traces.
     :ivar log_q_fixed_z: ``[k, batch_size]`` ``log q(stop_gradient(z))``.
-    :ivar weights_v: ``[k, batch_size]`` normalized weights ``v``, without gradient.
+    :ivar normalized_weights: ``[k, batch_size]`` normalized weights ``v``, without gradient.
     :ivar bound: ``L_k`` summed over the batch, without gradient and without ``weights.scale``.
     """
 
@@ -336,7 +337,7 @@ class _Pathwise(NamedTuple):
     model_values: dict[str, torch.Tensor]
     weights: ImportanceWeights
     log_q_fixed_z: torch.Tensor
-    weights_v: torch.Tensor
+    normalized_weights: torch.Tensor
     bound: torch.Tensor
 
 
@@ -359,12 +360,12 @@ class IWAE_STL(_PathwiseIWAE):
     #: its name in tables and plots
     label = "IWAE-STL"
 
-    def surrogate_loss(self, model, guide, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    def surrogate_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """``(surrogate_loss, loss)``: the estimator's surrogate (above) and ``-L_k``, as tensors."""
         pathwise = self._traces(model, guide, args, kwargs, lambda z: z)
         weights = pathwise.weights
         log_p, log_q = weights.model_log_density, weights.guide_log_density  # [k, batch_size]
-        surrogate_elbo = (pathwise.weights_v * (log_p - log_q + pathwise.log_q_fixed_z)).sum()
+        surrogate_elbo = (pathwise.normalized_weights * (log_p - log_q + pathwise.log_q_fixed_z)).sum()
         return -weights.scale * surrogate_elbo, -weights.scale * pathwise.bound
 
 
@@ -387,12 +388,12 @@ class IWAE_DReG(_PathwiseIWAE):
     #: its name in tables and plots
     label = "IWAE-DReG"
 
-    def surrogate_loss(self, model, guide, *args, **kwargs):
+    def surrogate_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(
             "IWAE_DReG's gradient takes two backward passes (see its docstring), not one surrogate: use backward"
         )
 
-    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def backward(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """
         The gradient of the estimator in ``.grad`` of every parameter.
 
@@ -400,19 +401,19 @@ class IWAE_DReG(_PathwiseIWAE):
         """
         # the model sees leaf copies of z: its backward pass stops there, with dlog p/dz in .grad
         pathwise = self._traces(model, guide, args, kwargs, lambda z: z.detach().requires_grad_())
-        weights, weights_v = pathwise.weights, pathwise.weights_v
+        weights, v = pathwise.weights, pathwise.normalized_weights
         # the model's gradient, and (scale times -v) dlog p/dz at the boundary
-        model_loss = -(weights.scale * (weights_v * weights.model_log_density).sum())
+        model_loss = -(weights.scale * (v * weights.model_log_density).sum())
         if model_loss.requires_grad:
             model_loss.backward()
         # the guide's gradient through z: scale v^2 dlog w/dz dz/dphi (the boundary's gradients carry the scale)
         log_q_through_z = weights.guide_log_density - pathwise.log_q_fixed_z
-        guide_loss = weights.scale * (weights_v**2 * log_q_through_z).sum()
+        guide_loss = weights.scale * (v**2 * log_q_through_z).sum()
         for name, value in pathwise.latents.items():
             path_grad = pathwise.model_values[name].grad
             if path_grad is not None:
-                v = weights_v.reshape(weights_v.shape + (1,) * (value.dim() - weights_v.dim()))
-                guide_loss = guide_loss + (value * (v * path_grad)).sum()
+                v_at_z = v.reshape(v.shape + (1,) * (value.dim() - v.dim()))
+                guide_loss = guide_loss + (value * (v_at_z * path_grad)).sum()
         if guide_loss.requires_grad:  # a guide with parameters
             guide_loss.backward()
         return -weights.scale * pathwise.bound
@@ -438,8 +439,7 @@ class MIWAE_ELBO(IWAE_ELBO):
         max_plate_nesting: float = float("inf"),
         vectorize_particles: bool = True,
     ) -> None:
-        if num_groups < 1:
-            raise ValueError(f"num_groups must be at least 1, got {num_groups}")
+        num_groups = positive_integer("num_groups", num_groups)
         super().__init__(num_groups * num_particles, max_plate_nesting, vectorize_particles)
         self.num_groups = num_groups
 
@@ -468,7 +468,7 @@ class CIWAE_ELBO(IWAE_ELBO):
         self.beta = beta
 
     @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs) -> float:
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """:returns: ``-(beta ELBO + (1 - beta) L_k)``."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
         return -weights.scale * self._combined(weights.log_weights).sum().item()
@@ -498,19 +498,19 @@ class PIWAE_ELBO(MIWAE_ELBO):
 
     label = "PIWAE"
 
-    def surrogate_loss(self, model, guide, *args, **kwargs):
+    def surrogate_loss(self, model: Callable, guide: Callable, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError(
             "PIWAE's gradient takes two backward passes (the model's parameters on one bound, the guide's on"
             " another), not one surrogate: use backward"
         )
 
     @torch.no_grad()
-    def loss(self, model, guide, *args, **kwargs) -> float:
+    def loss(self, model: Callable, guide: Callable, *args, **kwargs) -> float:
         """:returns: ``-L_{MK}``."""
         weights = self.importance_weights(model, guide, *args, **kwargs)
         return -weights.scale * _bound(weights.log_weights, num_groups=1)
 
-    def backward(self, model, guide, *args, **kwargs) -> torch.Tensor:
+    def backward(self, model: Callable, guide: Callable, *args, **kwargs) -> torch.Tensor:
         """
         IWAE's gradient for the model and MIWAE's for the guide in ``.grad``.
 
@@ -525,7 +525,8 @@ class PIWAE_ELBO(MIWAE_ELBO):
         if shared:
             raise ValueError(
                 f"PIWAE trains the model's and the guide's parameters on different bounds, but {shared[0]!r} is"
-                " registered in both: register each parameter in one of them"
+                " registered in both (as a VampPrior's encoder is): register each parameter in one of them, or"
+                " train with another objective"
             )
         miwae_surrogate, _ = self.surrogate(weights)
         iwae_surrogate, bound = self.surrogate(weights, num_groups=1)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
-from pyro_iwae.evaluation import posterior_means
+from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, posterior_means
 from pyro_iwae.importance import importance_traces
 
 SIDE = 28
@@ -134,7 +134,7 @@ def plot_training_curve(history: list[dict], path: str | os.PathLike, label: str
 
 
 def plot_unit_variances(
-    variances: dict[str, torch.Tensor], path: str | os.PathLike, threshold: float = 0.01, title: str = ""
+    variances: dict[str, torch.Tensor], path: str | os.PathLike, threshold: float = ACTIVITY_THRESHOLD, title: str = ""
 ) -> None:
     """
     Histograms of ``log10 Var_x(E_q[z_u | x])`` over the latent units ``u`` of each model

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from pyro_iwae.checkpoints import CheckpointError, RunDirectory
 from pyro_iwae.data import batches
 from pyro_iwae.importance import check_data_plate, importance_traces
+from pyro_iwae.validation import positive_integer
 
 #: Adam settings of Burda et al. (2016), section 5.
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-4
@@ -203,8 +204,7 @@ def _check_finite(total_loss: torch.Tensor, first: int, last: int) -> None:
 
 
 def _check_images(images: torch.Tensor, batch_size: int) -> None:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    positive_integer("batch_size", batch_size)
     if batch_size > images.shape[0]:
         raise ValueError(
             f"batch_size {batch_size} is more than the {images.shape[0]} training images: lower it, or train on"

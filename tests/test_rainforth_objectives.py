@@ -90,13 +90,22 @@ def test_piwae_trains_the_model_on_iwae_and_the_guide_on_miwae(vae_and_images):
         assert not torch.allclose(miwae_grads[name], iwae_grads[name], rtol=1e-3), name
 
 
+def test_piwae_refuses_a_vamp_prior_whose_encoder_belongs_to_model_and_guide():
+    """The VampPrior's p(z) runs the guide's encoder: which bound its weights follow would be a guess."""
+    vae = VAE(hidden_dims=(20,), latent_dims=(3,), x_dim=12, prior="vamp")
+    with pytest.raises(ValueError, match=r"'encoder\$\$\$0.hidden.0.weight' is registered in both"):
+        gradients(vae, make_objective("piwae", 3, num_groups=2), torch.bernoulli(torch.full((4, 12), 0.3)))
+
+
 def test_options_go_to_the_objectives_that_take_them():
     with pytest.raises(ValueError, match="the iwae objective takes no num_groups"):
         make_objective("iwae", 5, num_groups=2)
     with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\], got 1.5"):
         make_objective("ciwae", 5, beta=1.5)
-    with pytest.raises(ValueError, match="num_groups must be at least 1"):
+    with pytest.raises(ValueError, match="num_groups must be a whole number of at least 1, got 0"):
         make_objective("miwae", 5, num_groups=0)
+    with pytest.raises(ValueError, match="num_groups must be a whole number of at least 1, got 2.5"):
+        make_objective("miwae", 2, num_groups=2.5)  # it named num_particles, got 5.0
 
 
 @pytest.mark.parametrize(

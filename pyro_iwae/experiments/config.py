@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -37,14 +38,14 @@ class ConfigError(ValueError):
 
 
 def option(
-    default,
+    default: Any,
     help: str,
     *flags: str,
     checkpointed: bool = False,
     minimum: float | None = None,
     maximum: float | None = None,
     **argparse_kwargs,
-):
+) -> Any:
     """
     A :class:`RunConfig` field and its command-line flag.
 
@@ -66,7 +67,7 @@ class RunConfig:
 
     objective: str = option(
         "iwae",
-        "elbo: the VAE bound (Trace_ELBO); iwae: the k-sample importance weighted bound (RenyiELBO, alpha=0);"
+        "elbo: the VAE bound (VAE_ELBO: Trace_ELBO's); iwae: the k-sample importance weighted bound (IWAE_ELBO);"
         " iwae-stl, iwae-dreg: the same bound with the sticking-the-landing or the doubly reparameterized"
         " gradient for the guide; miwae, ciwae, piwae: the objectives of Rainforth et al. (2018), with --groups or"
         " --beta",
@@ -312,7 +313,7 @@ def command_line(values: dict, always: Iterable[str] = ("objective", "particles"
     return flags
 
 
-def flag(spec: dataclasses.Field, default=None) -> str:
+def flag(spec: dataclasses.Field, default: object = None) -> str:
     """A field's flag: ``--field-name``, or ``--no-field-name`` for a field that is on by default."""
     if spec.metadata["flags"]:
         return spec.metadata["flags"][0]

@@ -31,11 +31,12 @@ from pyro_iwae import plots
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import load_model, read_history
 from pyro_iwae.data import num_images
-from pyro_iwae.evaluation import unit_variances
+from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, unit_variances
 from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, RunConfig
 from pyro_iwae.experiments.distributed import all_gather, balanced_shares, rank, world_size
 from pyro_iwae.experiments.outputs import write_json
 from pyro_iwae.objectives import OBJECTIVES, objective_options
+from pyro_iwae.training import burda_learning_rates
 
 #: test NLL in nats: {(dataset, layers, objective): {k: nll}}; Burda et al. (2016) Table 1, and appendix D
 #: for the fixed binarization (which reports the one-layer IWAE only)
@@ -206,6 +207,8 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
     updates = first["epochs"] * -(-first["train_size"] // batch_size)
     hours = sum(m["train_seconds"] + m["eval_seconds"] for m in runs) / 3600
     seeds = sorted({c.seed for c in results})
+    paper_epochs = len(burda_learning_rates())
+    paper_updates = paper_epochs * -(-num_images(dataset, "train") // 20)  # batch 20, all training images
     return (
         f"Test negative log-likelihood (nats, lower is better) on {dataset}, estimated with K ="
         f" {first['config']['eval_particles']} importance samples per image on the first {first['test_size']} test"
@@ -213,12 +216,12 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
         f" (standard error over images ≈ {statistics.mean(m['test_log_likelihood_stderr'] for m in runs):.2f}"
         f" nats). Budget per model: {first['epochs']} epochs of {first['train_size']} images"
         f" ({first['config']['schedule']} schedule, batch {batch_size}, {updates} updates); the paper"
-        f" trains for 3280 epochs (9.8M updates). {len(runs)} models, seeds {seeds}, {hours:.1f} h of training and"
+        f" trains for {paper_epochs} epochs ({paper_updates / 1e6:.1f}M updates). {len(runs)} models, seeds {seeds},"
+        f" {hours:.1f} h of training and"
         f" evaluation in all on {first['device']} (torch {first['torch_version']}, pyro {first['pyro_version']})."
         f" IWAE with k = 1 is the VAE objective, so that row repeats the VAE's model.{_estimators_note(results)}"
-        " 'paper': Burda et al."
-        f" (2016), Table 1 (appendix D for binarized-mnist); 'active units': Var_x(E_q[z_u|x]) > 0.01, summed over"
-        f" layers.\n\nCommand: `{command}`"
+        " 'paper': Burda et al. (2016), Table 1 (appendix D for binarized-mnist); 'active units':"
+        f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD}, summed over layers.\n\nCommand: `{command}`"
     )
 
 
