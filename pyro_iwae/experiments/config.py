@@ -21,7 +21,7 @@ from pyro_iwae.compiled import COMPILABLE
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
 from pyro_iwae.objectives import OBJECTIVES, objective_options
-from pyro_iwae.training import SCHEDULES
+from pyro_iwae.training import SCHEDULES, burda_learning_rates
 
 #: ``--device`` choices, resolved by :func:`resolve_device`
 DEVICES = ("auto", "cpu", "cuda")
@@ -125,8 +125,8 @@ class RunConfig:
     )
     epochs: int | None = option(
         None,
-        f"passes over the training set ({CONSTANT_SCHEDULE_EPOCHS} with --schedule constant, all 3280 with --schedule"
-        " burda; with burda, a number truncates the schedule)",
+        f"passes over the training set ({CONSTANT_SCHEDULE_EPOCHS} with --schedule constant, all"
+        f" {len(burda_learning_rates())} with --schedule burda; with burda, a number truncates the schedule)",
         minimum=0,
         type=int,
     )
@@ -168,8 +168,9 @@ class RunConfig:
     compile: bool = option(
         False,
         "trace the training step and the evaluator's passes once and compile them with torch.compile"
-        " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; every"
-        " objective but iwae-dreg and piwae; each shape compiles once (seconds to a minute)",
+        " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; objectives"
+        f" {', '.join(name for name, cls in OBJECTIVES.items() if cls in COMPILABLE)}; each shape compiles once"
+        " (seconds to a minute)",
     )
     snapshot_every: int | None = option(
         None,
