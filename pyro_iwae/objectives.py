@@ -206,7 +206,7 @@ def _surrogate(weights: ImportanceWeights, num_groups: int) -> tuple[torch.Tenso
     if group_size == 1:  # ELBOs of one particle each, whose normalized weights are 1: the same numbers, fewer steps
         log_mean_weight, surrogate_elbo = detached_log_weights, log_weights.sum()
     else:
-        log_mean_weight = detached_log_weights.logsumexp(0, keepdim=True) - math.log(group_size)
+        log_mean_weight = log_mean_exp(detached_log_weights, keepdim=True)
         # RenyiELBO's surrogate, sum_l v_l log w_l, written as it writes it
         normalized_weights = (detached_log_weights - log_mean_weight).exp()
         surrogate_elbo = (normalized_weights * log_weights).sum() / group_size
@@ -220,8 +220,15 @@ def _surrogate(weights: ImportanceWeights, num_groups: int) -> tuple[torch.Tenso
 def _bound(log_weights: torch.Tensor, num_groups: int) -> float:
     """The mean over ``num_groups`` equal groups of the particles of ``sum_i log (1/K) sum_k w_ik``."""
     log_weights = _grouped(log_weights, num_groups)
-    log_mean_weight = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
-    return log_mean_weight.sum().item() / num_groups
+    return log_mean_exp(log_weights).sum().item() / num_groups
+
+
+def log_mean_exp(log_weights: torch.Tensor, dim: int = 0, keepdim: bool = False) -> torch.Tensor:
+    """
+    ``log (1/k) sum_l exp(log_weights_l)`` over ``dim``, of size ``k``: from ``[k, batch_size]`` log-weights,
+    the IWAE bound ``L_k`` of each data point (Burda et al., 2016, eq. 8) on these samples.
+    """
+    return log_weights.logsumexp(dim, keepdim=keepdim) - math.log(log_weights.shape[dim])
 
 
 def _grouped(log_weights: torch.Tensor, num_groups: int) -> torch.Tensor:
@@ -245,13 +252,13 @@ def vimco_learning_signal(log_weights: torch.Tensor) -> torch.Tensor:
     :returns: ``[k, batch_size]``.
     """
     num_particles = log_weights.shape[0]
-    bound = log_weights.logsumexp(0) - math.log(num_particles)
+    bound = log_mean_exp(log_weights)
     if num_particles == 1:
         return bound.expand_as(log_weights)
     mean_of_others = (log_weights.sum(0) - log_weights) / (num_particles - 1)
     replaced = log_weights.expand(num_particles, *log_weights.shape).clone()  # [l, m, batch_size]
     replaced.diagonal(dim1=0, dim2=1).copy_(mean_of_others.T)
-    return bound - (replaced.logsumexp(1) - math.log(num_particles))
+    return bound - log_mean_exp(replaced, dim=1)
 
 
 class _PathwiseIWAE(IWAE_ELBO):
@@ -317,7 +324,7 @@ class _PathwiseIWAE(IWAE_ELBO):
             weights,
             importance_weights(model_trace, fixed_z_trace).guide_log_density,
             (log_weights - log_weights.logsumexp(0)).exp(),
-            (log_weights.logsumexp(0) - math.log(self.num_particles)).sum(),
+            log_mean_exp(log_weights).sum(),
         )
 
 
@@ -483,7 +490,7 @@ class CIWAE_ELBO(IWAE_ELBO):
 
     def _combined(self, log_weights: torch.Tensor) -> torch.Tensor:
         """``[batch_size]``: ``beta ELBO + (1 - beta) L_k`` per data point."""
-        iwae = log_weights.logsumexp(0) - math.log(log_weights.shape[0])
+        iwae = log_mean_exp(log_weights)
         return self.beta * log_weights.mean(0) + (1 - self.beta) * iwae
 
 
