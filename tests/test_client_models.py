@@ -407,6 +407,32 @@ def test_a_model_only_latent_cancels_from_the_weight():
         make_objective("elbo", 1).loss(model, guide, x)
 
 
+@pytest.mark.filterwarnings("ignore:Found non-auxiliary vars in guide but not model")
+@pytest.mark.parametrize("extra", ["w", "x"])
+def test_a_guide_site_that_is_not_a_latent_of_the_model_is_refused(extra):
+    """An extra guide variable, or one the model observes: log q of it would enter the weight with no p to match."""
+    fa = Factor()
+    x = fa.data(6)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
+    def guide(x):
+        loc, scale_tril = fa.posterior(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+            pyro.sample(extra, dist.Normal(x.new_zeros(4), 1.0).to_event(1))
+
+    message = f"guide site '{extra}' is not a latent of the model"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, x, num_particles=4)
+    for name in ("elbo", "iwae", "iwae-dreg"):
+        with pytest.raises(DataPlateError, match=message):
+            make_objective(name, 4).loss(model, guide, x)
+
+
 def test_a_model_only_latent_that_the_likelihood_uses_converges_to_the_marginal():
     # x = W z + c u + noise with u ~ N(0, 1) proposed by the model: p(x) = N(b, W W^T + c c^T + sigma^2 I)
     fa = Factor()
@@ -497,15 +523,31 @@ def test_a_subsampled_plate_scales_the_bound_after_the_logsumexp(how):
             z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
             pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
 
-    def guide(x, index):
+    def guide(x, index, shift=0.0):  # the exact posterior, its mean moved by shift
         loc, scale_tril = fa.posterior(x)
         with create_plate(x, index):
-            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+            pyro.sample("z", dist.MultivariateNormal(loc + shift, scale_tril=scale_tril))
 
     x = data[index]
     exact = fa.log_marginal(x)
-    for name in ("iwae", "iwae-stl", "iwae-dreg"):
-        assert make_objective(name, 4).loss(model, guide, x, index) == pytest.approx(-6 * exact.sum().item())
+    # at the exact posterior every log w_il is log p(x_i); moved from it, the weights differ, so that scaling
+    # before the logsumexp (Pyro's RenyiELBO) gives another number
+    loc, scale_tril = fa.posterior(x)
+    traced = poutine.trace(lambda x, index: guide(x, index, shift=0.5))
+    for name, options in (("iwae", {}), ("iwae-stl", {}), ("iwae-dreg", {}), ("piwae", {"num_groups": 2})):
+        objective = make_objective(name, 4, **options)
+        assert objective.loss(model, guide, x, index) == pytest.approx(-6 * exact.sum().item())
+        loss = objective.loss(model, traced, x, index)
+        z = traced.msngr.trace.nodes["z"]["value"]  # [particles, 5, 2]
+        log_weights = (
+            Normal(0.0, 1.0).log_prob(z).sum(-1)
+            + Normal(z @ fa.W.T + fa.b, fa.sigma).log_prob(x).sum(-1)
+            - MultivariateNormal(loc + 0.5, scale_tril=scale_tril).log_prob(z)
+        )
+        num_particles = log_weights.shape[0]
+        assert loss == pytest.approx(-6 * (log_weights.logsumexp(0) - math.log(num_particles)).sum().item(), rel=1e-9)
+        scaled_before = -((6 * log_weights).logsumexp(0) - math.log(num_particles)).sum().item()
+        assert abs(loss - scaled_before) > 1.0, name  # the test tells the two apart
     # the evaluator's estimates are per data point: the scale never enters
     assert near(log_likelihood(model, guide, x, index, num_particles=3).log_likelihood, exact)
 

@@ -15,7 +15,7 @@ from pyro_iwae.checkpoints import RunDirectory, load_model
 from pyro_iwae.evaluation import log_likelihood
 from pyro_iwae.models import VAE
 from pyro_iwae.objectives import make_objective
-from pyro_iwae.training import train
+from pyro_iwae.training import make_optimizer, train
 
 
 def binary_images(num=60, seed=0):
@@ -81,6 +81,16 @@ def test_a_checkpoint_from_another_kind_of_device_restarts_the_random_streams(tm
         moved.append(history[1]["loss"])
     assert moved[0] == moved[1]  # fresh streams from the seed and the epoch: the same each time
     assert moved[0] != stayed[1]["loss"]  # but not the checkpoint's
+    # from the seed (0) plus the epochs done (1): the seed alone would draw epoch 1's noise and order again
+    torch.save(state, tmp_path / "checkpoint.pt")
+    vae, data_generator = VAE(), torch.Generator().manual_seed(0)  # as train seeds it
+    with pytest.warns(UserWarning, match="written on a cuda device"):
+        RunDirectory(tmp_path, {"k": 3, "layers": 1}).restore(
+            vae, make_optimizer(vae.parameters(), lr=1e-3), data_generator
+        )
+    seed_plus_epochs = torch.Generator().manual_seed(1).get_state()
+    assert torch.equal(data_generator.get_state(), seed_plus_epochs)
+    assert torch.equal(torch.get_rng_state(), seed_plus_epochs)
 
 
 def test_the_evaluator_gives_the_cpus_numbers_within_monte_carlo_error(device):

@@ -148,6 +148,42 @@ def test_score_function_guide_is_refused(x, objective):
         make_objective(objective, 3).loss_and_grads(LinearGaussianVAE().model, guide, x)
 
 
+@pytest.mark.parametrize(
+    "objective, options, message",
+    [
+        ("iwae-stl", {}, "the model samples a latent that the guide lacks and that cannot be reparameterized"),
+        ("iwae-dreg", {}, "the model samples a latent that the guide lacks and that cannot be reparameterized"),
+        ("ciwae", {"beta": 0.5}, "CIWAE_ELBO needs every latent reparameterized"),
+        ("piwae", {"num_groups": 2}, "PIWAE_ELBO needs every latent reparameterized"),
+    ],
+)
+@pytest.mark.parametrize("where", ["model only", "model and guide"])
+def test_a_discrete_latent_is_refused_by_the_objectives_without_a_score_function_term(
+    x, objective, options, message, where
+):
+    """The score-function term of a discrete latent would be dropped silently: a biased gradient."""
+    vae = LinearGaussianVAE()
+
+    def model(x):
+        pyro.module("linear_gaussian", vae)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("c", dist.Bernoulli(x.new_tensor(0.3)))
+            pyro.sample("x", dist.Normal(z @ vae.W.T + vae.b, vae.sigma).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("linear_gaussian", vae)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x @ vae.A.T + vae.c, vae.log_scale.exp()).to_event(1))
+            if where == "model and guide":
+                pyro.sample("c", dist.Bernoulli(x.new_tensor(0.6)))
+
+    if where == "model and guide" and objective in ESTIMATORS:
+        message = "'c' .* not reparameterized"
+    with pytest.raises(ValueError, match=message):
+        make_objective(objective, 2, **options).loss_and_grads(model, guide, x)
+
+
 class HierarchicalLinearGaussian(nn.Module):
     """
     z2 ~ N(0, 1), z1 ~ N(a z2, s^2), x ~ N(w z1 + b, sigma^2 I) with scalar z1, z2; the guide

@@ -10,7 +10,7 @@ from torch.distributions import Bernoulli, Normal
 
 from pyro_iwae.importance import DataPlateError, check_data_plate, importance_traces
 from pyro_iwae.models import ARCHITECTURES, VAE
-from pyro_iwae.objectives import make_objective
+from pyro_iwae.objectives import make_objective, vimco_learning_signal
 
 
 def hand_log_weights(vae: VAE, x: torch.Tensor, z: dict) -> torch.Tensor:
@@ -241,3 +241,21 @@ def test_the_iwae_objective_refuses_a_global_latent():
         for method in (objective.loss, objective.loss_and_grads):
             with pytest.raises(DataPlateError, match="'shift' is outside"):
                 method(model, guide, torch.zeros(6))
+
+
+def test_the_vimco_learning_signal_is_mnih_and_rezendes_leave_one_out_term():
+    """Eq. 9 of Mnih & Rezende (2016), written out per particle: L less L with log w_l replaced by the others' mean."""
+    log_weights = torch.tensor([[-3.0, 0.5], [-1.0, 2.0], [-7.5, 1.0]], dtype=torch.float64)  # [k = 3, batch 2]
+
+    def bound(column):
+        return math.log(sum(math.exp(value) for value in column) / len(column))
+
+    expected = torch.zeros_like(log_weights)
+    for i in range(2):
+        column = log_weights[:, i].tolist()
+        for particle in range(3):
+            before, after = column[:particle], column[particle + 1 :]
+            expected[particle, i] = bound(column) - bound(before + [sum(before + after) / 2] + after)
+    assert torch.allclose(vimco_learning_signal(log_weights), expected, rtol=1e-12)
+    # one particle: no others, the signal is the bound itself
+    assert torch.allclose(vimco_learning_signal(log_weights[:1]), log_weights[:1])

@@ -10,7 +10,7 @@ import torch
 from pyro.infer import Trace_ELBO
 
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.checkpoints import CheckpointError, RunDirectory
+from pyro_iwae.checkpoints import CheckpointError, RunDirectory, is_snapshot_epoch
 from pyro_iwae.importance import DataPlateError
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import OBJECTIVES, make_objective, objective_options
@@ -52,14 +52,14 @@ def images(num=60):
     return (0.05 + 0.9 * prototypes).repeat(num // 3, 1)
 
 
-def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3, device="cpu"):
+def fit(epochs, run_dir=None, resume=False, objective=None, config=None, lr=1e-3, device="cpu", learning_rates=None):
     torch.manual_seed(0)
     vae = VAE().to(device)
     history = train(
         vae,
         objective or make_objective("iwae", 3),
         images(),
-        [lr] * epochs,
+        learning_rates or [lr] * epochs,
         batch_size=20,
         run=None if run_dir is None else RunDirectory(run_dir, config or {"k": 3}),
         resume=resume,
@@ -75,6 +75,20 @@ def test_resume_continues_exactly(tmp_path, device):
     assert [row["loss"] for row in resumed_history] == [row["loss"] for row in straight_history]
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+
+
+def test_each_epoch_trains_at_its_own_learning_rate(tmp_path):
+    """At a rate of 0 Adam leaves the weights as they are: epoch 2 of [1e-2, 0] ends where epoch 1 did."""
+    after_one, _ = fit(1, lr=1e-2)
+    frozen, history = fit(2, learning_rates=[1e-2, 0.0])
+    assert [row["lr"] for row in history] == [1e-2, 0.0]
+    assert all(torch.equal(a, b) for a, b in zip(after_one.parameters(), frozen.parameters()))
+    # a resumed run takes the schedule up where it stopped
+    fit(1, tmp_path, learning_rates=[1e-2])
+    resumed, _ = fit(2, tmp_path, resume=True, learning_rates=[1e-2, 0.0])
+    assert all(torch.equal(a, b) for a, b in zip(after_one.parameters(), resumed.parameters()))
+    trained_on, _ = fit(2, learning_rates=[1e-2, 1e-3])
+    assert not all(torch.equal(a, b) for a, b in zip(after_one.parameters(), trained_on.parameters()))
 
 
 def test_training_lowers_the_loss(device):
@@ -279,3 +293,12 @@ def test_a_pyro_elbo_trains_as_ours_does_reading_each_loss():
     assert reads["theirs"].count("item") >= len(batches)  # Trace_ELBO reads every loss
     for a, b in zip(ours.parameters(), theirs.parameters()):
         assert torch.equal(a, b)
+
+
+def test_snapshots_are_spread_on_a_log_scale_at_least_every_n_epochs():
+    """Epochs 0-9, every 10th to 90, every 100th to 900, ..., but at least every ``every``: written out by hand."""
+    decades = [*range(10), *range(10, 100, 10), *range(100, 1000, 100), 1000, 2000, 3000]
+    assert [epoch for epoch in range(3281) if is_snapshot_epoch(epoch, 1000)] == decades
+    every_100 = [*range(10), *range(10, 100, 10), *range(100, 3281, 100)]
+    assert [epoch for epoch in range(3281) if is_snapshot_epoch(epoch, 100)] == every_100
+    assert [epoch for epoch in range(25) if is_snapshot_epoch(epoch, 4)] == [*range(10), 12, 16, 20, 24]
