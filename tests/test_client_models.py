@@ -688,6 +688,43 @@ def test_the_iwae_gradient_with_a_discrete_guide_is_unbiased():
     assert (exact.abs() > 10 * stderr).any()  # a zero gradient (RenyiELBO's at alpha = 0) would fail
 
 
+@pytest.mark.filterwarnings("ignore:Found vars in model but not guide")
+def test_the_iwae_gradient_of_a_discrete_latent_only_the_model_samples_is_unbiased():
+    """
+    The model proposes c from its own p(c) (the guide lacks it), so p(c) cancels from the weight and its logits
+    reach L_2 only through the sampling: a score-function term. E[grad] by enumerating all 3 x 3 pairs.
+    """
+    x = torch.tensor([-1.0, 2.0], dtype=F64)
+    k = 2
+    logits = torch.tensor([0.3, -0.2, 0.1], dtype=F64, requires_grad=True)
+    log_p_c = logits.log_softmax(-1)
+    log_w = Normal(MIXTURE_LOCS, 1.0).log_prob(x[:, None])  # [N, 3]: p(x | c), p(c) cancelled
+    pairs = torch.cartesian_prod(torch.arange(3), torch.arange(3))  # [9, 2]
+    bound = sum((log_p_c[pairs].sum(-1).exp() * (log_w[i, pairs].logsumexp(-1) - math.log(k))).sum() for i in range(2))
+    (exact,) = torch.autograd.grad(-bound, logits)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            c = pyro.sample("c", dist.Categorical(logits=pyro.param("logits", logits.detach().clone())))
+            pyro.sample("x", dist.Normal(MIXTURE_LOCS[c], 1.0), obs=x)
+
+    def guide(x):
+        pass
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    objective = make_objective("iwae", k)
+    estimates = []
+    for _ in range(3000):
+        objective.loss_and_grads(model, guide, x)
+        estimates.append(pyro.param("logits").grad.clone())
+        pyro.param("logits").grad = None
+    estimates = torch.stack(estimates)
+    mean, stderr = estimates.mean(0), estimates.std(0) / math.sqrt(len(estimates))
+    assert ((mean - exact).abs() < 4.5 * stderr + 1e-12).all()
+    assert (exact.abs() > 10 * stderr).any()  # without the score-function term the gradient would be 0
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # integer data, guides without parameters, evaluate then train, guides that couple data points
 
