@@ -10,6 +10,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from linear_gaussian import LinearGaussian
+from pyro import poutine
 from torch import nn
 
 from pyro_iwae.diagnostics import gradient_samples, signal_to_noise
@@ -146,6 +147,24 @@ def test_score_function_guide_is_refused(x, objective):
 
     with pytest.raises(ValueError, match="'k' .* not reparameterized"):
         make_objective(objective, 3).loss_and_grads(LinearGaussianVAE().model, guide, x)
+
+
+@pytest.mark.parametrize("objective", ["iwae", *ESTIMATORS])
+def test_a_scaled_data_plate_scales_the_loss_and_every_gradient_once(x, objective):
+    """N / B on a subsample: the model's gradient, the guide's through z and the boundary's each take it once."""
+    vae = LinearGaussianVAE(guide_shift=0.5, guide_scale=1.5)
+
+    def run(scale):
+        vae.zero_grad()
+        pyro.set_rng_seed(0)
+        with poutine.scale(scale=scale):
+            loss = make_objective(objective, 3).loss_and_grads(vae.model, vae.guide, x)
+        return loss, {name: p.grad.clone() for name, p in vae.named_parameters()}
+
+    loss, grads = run(1.0)
+    scaled_loss, scaled_grads = run(5.0)
+    assert scaled_loss == pytest.approx(5 * loss, rel=1e-12)
+    assert all(torch.allclose(scaled_grads[name], 5 * grad, rtol=1e-10) for name, grad in grads.items())
 
 
 @pytest.mark.parametrize(
