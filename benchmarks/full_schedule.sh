@@ -10,9 +10,9 @@
 # runs/ is not versioned, and a session may start on a fresh machine without it: --save copies each
 # run's checkpoint (weights, Adam's state, random states, history; written atomically, so a copy is
 # whole even while the run trains) to $KEPT, to be committed, and a finished run's metrics.json. A
-# run without a checkpoint in runs/ resumes from its kept one; one with a kept metrics.json is
-# finished (score its kept checkpoint with full_schedule_table.py). The weight snapshots stay behind, but their scores
-# do not: benchmarks/full_schedule_table.py keeps the training curve's points whose snapshots are gone.
+# run without a checkpoint in runs/ gets its kept one back (and its metrics.json, if it finished) and
+# resumes from it. The weight snapshots stay behind, but their scores do not:
+# benchmarks/full_schedule_table.py keeps the training curve's points whose snapshots are gone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/table1-mnist-full-schedule/checkpoints
@@ -33,12 +33,13 @@ for name in "${runs[@]}"; do
     IFS=- read -r _ objective particles _ <<<"$name"
     particles=${particles#k}
     out=runs/full-schedule/$name
-    [[ -f $out/metrics.json || -f $KEPT/$name.metrics.json ]] && { echo "$out: finished"; continue; }
     mkdir -p "$out"
     if [[ ! -f $out/checkpoint.pt && -f $KEPT/$name.pt ]]; then
         cp "$KEPT/$name.pt" "$out/checkpoint.pt"
-        echo "$out: resumes from $KEPT/$name.pt"
+        [[ -f $KEPT/$name.metrics.json ]] && cp "$KEPT/$name.metrics.json" "$out/metrics.json"
+        echo "$out: restored from $KEPT/$name.pt"
     fi
+    [[ -f $out/metrics.json ]] && { echo "$out: finished"; continue; }
     resume=$([[ -f $out/checkpoint.pt ]] && echo --resume || true)
     OMP_NUM_THREADS=1 nohup python examples/mnist.py --objective "$objective" --particles "$particles" \
         --schedule burda --data-dir "$data_dir" --out "$out" --snapshot-every 100 --compile --no-progress $resume \

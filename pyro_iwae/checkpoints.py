@@ -199,6 +199,8 @@ class StoredWeights(NamedTuple):
     epoch: int
     #: the :class:`VAE`'s state dict
     module: dict
+    #: a checkpoint's rows of ``history.csv``, one per epoch (empty for a weights file)
+    history: list[dict]
 
     def model(self, device: torch.device | str = "cpu") -> VAE:
         """
@@ -245,7 +247,7 @@ def read_weights(path: str | os.PathLike, device: torch.device | str = "cpu") ->
             f" (keys config, epoch, module): it holds {found}"
         )
     epoch = state["epoch"] if "epoch" in state else len(state.get("history", []))
-    return StoredWeights(path, state["config"], epoch, state["module"])
+    return StoredWeights(path, state["config"], epoch, state["module"], state.get("history", []))
 
 
 def _load(path: Path, device: torch.device | str) -> object:

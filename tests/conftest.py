@@ -13,8 +13,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-# the tests import the example scripts as the grid does (``from mnist import main``)
+# the tests import the example scripts as the grid does (``from mnist import main``), and the benchmarks' helpers
 sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(1, str(ROOT / "benchmarks"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

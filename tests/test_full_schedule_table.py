@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import full_schedule_table
 import pyro
 import pytest
 import torch
@@ -148,12 +149,14 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
 
     dataset = load_dataset("mnist", data_dir)
-    test, train = dataset.test, binarize(dataset.train)[:100]
+    # the images scored are spread over each split: --curve-images 50 is every 200th of the 10,000 test images,
+    # --test-images 100 every 100th, --train-images 100 every 600th of the 60,000 training images
+    curve_test, test, train = dataset.test[::200], dataset.test[::100], binarize(dataset.train)[::600]
     curves = json.loads((out / "curve.json").read_text())["runs"]
     points = curves["mnist-iwae-k5-1layer"]["points"]
     assert [p["epoch"] for p in points] == [0, 1, 2]
     for p in points:
-        assert p["test_nll"] == pytest.approx(nll(finished / "weights" / p["file"], test[:50], 10), rel=1e-5)
+        assert p["test_nll"] == pytest.approx(nll(finished / "weights" / p["file"], curve_test, 10), rel=1e-5)
     assert points[0]["test_nll"] > points[2]["test_nll"]  # training helps
     history = read_history(finished / "history.csv")
     assert curves["mnist-iwae-k5-1layer"]["loss"] == {
@@ -208,13 +211,13 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert curves["mnist-iwae-k5-1layer"]["points"][1]["test_nll"] == 123.456
     new_point = curves["unfinished"]["points"][3]
     assert new_point["epoch"] == 3
-    expected = nll(unfinished / "weights" / "epoch-0003.pt", test[:50], 10)
+    expected = nll(unfinished / "weights" / "epoch-0003.pt", curve_test, 10)
     assert new_point["test_nll"] == pytest.approx(expected, rel=1e-5)
     forced = json.loads((out / "results.json").read_text())["runs"][1]
     assert forced["status"] == "unfinished, scored (--final)" and forced["epochs"] == 2
-    assert forced["test_nll"] == pytest.approx(nll(unfinished, test[:100], 20), rel=1e-5)
+    assert forced["test_nll"] == pytest.approx(nll(unfinished, test, 20), rel=1e-5)
     pyro.set_rng_seed(0)
-    units = active_units(pyro_iwae.load_model(unfinished).guide, test[:100])
+    units = active_units(pyro_iwae.load_model(unfinished).guide, test)
     assert forced["active_units"] == sum(int(u.sum()) for u in units.values())
     assert (out / "weights" / "unfinished.pt").exists()
     assert f"| 2 of 3280, unfinished, scored (--final) | {forced['test_nll']:.2f} ±" in (out / "table.md").read_text()
@@ -237,6 +240,13 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     result = table_script(*flags)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "curve.json").read_text())["runs"]["unfinished"]["points"] == [before[0], before[2]]
+
+    # a finished run restored from its kept checkpoint and metrics.json (full_schedule.sh): its history is in there
+    loss = json.loads((out / "curve.json").read_text())["runs"]["mnist-iwae-k5-1layer"]["loss"]
+    (finished / "history.csv").unlink()
+    result = table_script(*flags)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "curve.json").read_text())["runs"]["mnist-iwae-k5-1layer"]["loss"] == loss
 
 
 def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
@@ -276,7 +286,7 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     ]
     shutil.rmtree(tmp_path / "runs")  # a fresh machine
     out = script("DATA")
-    assert "mnist-elbo-k1-1layer: finished" in out and "mnist-iwae-k5-1layer: resumes from" in out
+    assert "mnist-elbo-k1-1layer: finished" in out and "mnist-iwae-k5-1layer: restored from" in out
     for _ in range(100):  # the runs start in the background
         if (tmp_path / "started").exists():
             break
@@ -285,4 +295,16 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     assert started[:5] == ["examples/mnist.py", "--objective", "iwae", "--particles", "5"]
     assert {"--resume", "--compile", "DATA"} <= set(started)
     assert (runs / "mnist-iwae-k5-1layer" / "checkpoint.pt").read_text() == "mnist-iwae-k5-1layer after 970 epochs"
-    assert not (runs / "mnist-elbo-k1-1layer").exists()
+    # the finished run is restored, not run again: full_schedule_table.py reads it as before
+    assert (runs / "mnist-elbo-k1-1layer" / "checkpoint.pt").read_text() == "mnist-elbo-k1-1layer after 3280 epochs"
+    assert (runs / "mnist-elbo-k1-1layer" / "metrics.json").read_text() == "{}"
+    assert started.count("examples/mnist.py") == 1
+
+
+def test_a_count_of_images_is_spread_over_the_split():
+    """MNIST's files are ordered (its first 1000 test images are easier than the rest): every n-th, not the first."""
+    images = torch.arange(10_000)
+    assert torch.equal(full_schedule_table.spread(images, 1000), torch.arange(0, 10_000, 10))
+    assert torch.equal(full_schedule_table.spread(images[:10], 3), torch.tensor([0, 3, 6]))
+    assert torch.equal(full_schedule_table.spread(images[:10], None), images[:10])
+    assert torch.equal(full_schedule_table.spread(images[:10], 20), images[:10])

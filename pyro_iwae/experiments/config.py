@@ -161,7 +161,8 @@ class RunConfig:
     init_from: str | None = option(
         None,
         "start from the weights of this run directory, checkpoint or weights file, e.g. to train a trained model on"
-        " with another objective as in Burda et al.'s Table 2 (default: the paper's initialisation)",
+        " with another objective as in Burda et al.'s Table 2 (default: fresh weights, as nn.Linear initialises"
+        " them)",
         checkpointed=True,
     )
     resume: bool = option(False, "continue from the checkpoint in --out")
