@@ -137,7 +137,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="a run directory of examples/mnist.py, a checkpoint, or a weights file")
     p.add_argument("--split", choices=SPLITS, default="test", help="the images to score (default: %(default)s)")
     p.add_argument(
-        "--test-size", type=at_least(1), default=None, help="score the first N images of --split (default: all)"
+        "--test-size",
+        type=at_least(1),
+        default=None,
+        help="score the first N images of --split (default: all); MNIST's first test images are easier than the"
+        " rest, so their NLL reads better than the test set's",
     )
     helps = dict(
         seed="batch i of --eval-batch-size images draws its samples from a seed made of --seed and i, as"
