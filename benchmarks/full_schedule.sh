@@ -23,7 +23,7 @@ if [[ ${1:-} == --save ]]; then
         out=runs/full-schedule/$name
         [[ -f $out/checkpoint.pt ]] || continue
         cp "$out/checkpoint.pt" "$KEPT/$name.pt"
-        echo "$KEPT/$name.pt: epoch $(($(wc -l <"$out/history.csv") - 1))"
+        [[ -f $out/history.csv ]] && echo "$KEPT/$name.pt: epoch $(($(wc -l <"$out/history.csv") - 1))"
         [[ -f $out/metrics.json ]] && cp "$out/metrics.json" "$KEPT/$name.metrics.json" && echo "  finished"
     done
     exit 0

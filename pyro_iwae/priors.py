@@ -78,7 +78,8 @@ class VampPrior(nn.Module):
 
     :param encoder: the guide's layers from the image upwards, each with a
         ``loc_scale(inputs)`` method (:class:`~pyro_iwae.networks.GaussianLayer`).
-        They are held in a tuple, not registered: their parameters belong to the guide.
+        They are held in a tuple, not registered here (no second copy in the state dict): the
+        guide registers them, and :meth:`~pyro_iwae.models.VAE.model` too, since p(z) uses them.
     :param init: ``[x_dim]`` intensities the pseudo-inputs start near (the training mean).
     """
 

@@ -73,6 +73,7 @@ def test_command_line_gives_back_the_config():
     "fields, message",
     [
         (dict(particles=0), "--particles must be at least 1, got 0"),
+        (dict(objective="piwae", groups=2, prior="vamp"), "--objective piwae trains the model's and the guide's"),
         (dict(seed=2**32), "--seed must be at most 4294967295, got 4294967296"),
         (
             dict(objective="vae"),

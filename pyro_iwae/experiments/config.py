@@ -206,6 +206,11 @@ class RunConfig:
                 raise ConfigError(f"--objective {self.objective} needs --{OBJECTIVE_OPTIONS[name]}")
         for name, value in self.unused_options().items():
             raise ConfigError(f"--{name} {value} is not an option of --objective {self.objective}")
+        if self.objective == "piwae" and self.prior == "vamp":
+            raise ConfigError(
+                "--objective piwae trains the model's and the guide's parameters on different bounds, but the vamp"
+                " prior runs the guide's encoder: use another --prior or --objective"
+            )
         if self.compile and OBJECTIVES[self.objective] not in COMPILABLE:
             names = ", ".join(name for name, cls in OBJECTIVES.items() if cls in COMPILABLE)
             raise ConfigError(f"--compile works with --objective {names}, not {self.objective}")
