@@ -149,7 +149,7 @@ class RunDirectory:
         differences = [
             f"{key} {state['config'].get(key)!r} there, {value!r} here"
             for key, value in self.config.items()
-            if state["config"].get(key) != value
+            if not _same_value(state["config"].get(key), value)
         ]
         if differences:
             raise CheckpointError(
@@ -177,6 +177,13 @@ class RunDirectory:
                 stacklevel=2,
             )
         return state["history"]
+
+
+def _same_value(stored: object, value: object) -> bool:
+    """Whether a checkpoint's configuration value is a run's: a path (``--init-from``) in any spelling."""
+    if isinstance(stored, str) and isinstance(value, str):
+        return os.path.normpath(stored) == os.path.normpath(value)
+    return stored == value
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -106,6 +106,11 @@ def test_resume_refuses_another_configuration(tmp_path):
         fit(2, tmp_path, resume=True, config={"k": 5, "layers": 1})
     with pytest.raises(CheckpointError, match="no checkpoint at .*nothing/checkpoint.pt"):
         fit(2, tmp_path / "nothing", resume=True)
+    # a path spelled another way is the same path (a checkpoint from before --init-from was normalised)
+    fit(1, tmp_path / "started", config={"k": 3, "init_from": "./runs/a/"})
+    fit(2, tmp_path / "started", resume=True, config={"k": 3, "init_from": "runs/a"})
+    with pytest.raises(CheckpointError, match="init_from 'runs/a' there, 'runs/b' here"):
+        fit(2, tmp_path / "started", resume=True, config={"k": 3, "init_from": "runs/b"})
 
 
 def test_finished_epochs_are_never_trained_over(tmp_path):
