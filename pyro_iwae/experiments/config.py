@@ -25,6 +25,8 @@ from pyro_iwae.training import SCHEDULES, burda_learning_rates
 
 #: ``--device`` choices, resolved by :func:`resolve_device`
 DEVICES = ("auto", "cpu", "cuda")
+#: the --objective names whose step --compile traces (:data:`~pyro_iwae.compiled.COMPILABLE`), for messages
+COMPILABLE_NAMES = ", ".join(name for name, cls in OBJECTIVES.items() if cls in COMPILABLE)
 #: epochs of ``--schedule constant`` when ``--epochs`` is not given
 CONSTANT_SCHEDULE_EPOCHS = 10
 #: the objectives' options (:func:`~pyro_iwae.objectives.objective_options`) and the fields that give them
@@ -176,7 +178,7 @@ class RunConfig:
         False,
         "trace the training step and the evaluator's passes once and compile them with torch.compile"
         " (pyro_iwae.compiled): the same numbers to float rounding, without Pyro's per-step overhead; objectives"
-        f" {', '.join(name for name, cls in OBJECTIVES.items() if cls in COMPILABLE)}; each shape compiles once"
+        f" {COMPILABLE_NAMES}; each shape compiles once"
         " (seconds to a minute)",
     )
     snapshot_every: int | None = option(
@@ -212,8 +214,7 @@ class RunConfig:
                 " prior runs the guide's encoder: use another --prior or --objective"
             )
         if self.compile and OBJECTIVES[self.objective] not in COMPILABLE:
-            names = ", ".join(name for name, cls in OBJECTIVES.items() if cls in COMPILABLE)
-            raise ConfigError(f"--compile works with --objective {names}, not {self.objective}")
+            raise ConfigError(f"--compile works with --objective {COMPILABLE_NAMES}, not {self.objective}")
         if self.beta is not None and not 0 <= self.beta <= 1:
             raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
         if not self.lr > 0:
