@@ -261,27 +261,47 @@ def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
 
 
 def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
-    """``full_schedule.sh --save`` keeps the checkpoints in the tree, and a tree without ``runs/`` resumes from them."""
+    """
+    ``full_schedule.sh --save`` keeps the checkpoints in the tree, a tree without ``runs/`` resumes
+    from them, of a kept checkpoint and one in ``runs/`` the further one wins both ways, and a run
+    still training is not started twice.
+    """
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(ROOT / "benchmarks" / "full_schedule.sh", tmp_path / "benchmarks")
     kept = tmp_path / "benchmarks" / "results" / "table1-mnist-full-schedule" / "checkpoints"
     runs = tmp_path / "runs" / "full-schedule"
-    for name, epochs in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970)):
-        (runs / name).mkdir(parents=True)
-        (runs / name / "checkpoint.pt").write_text(f"{name} after {epochs} epochs")
-        (runs / name / "history.csv").write_text("epoch\n" + "".join(f"{i + 1}\n" for i in range(epochs)))
+
+    def checkpoint(path, epochs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(config={}, module={}, history=[{"epoch": i + 1} for i in range(epochs)]), path)
+
+    def epochs(path):
+        return len(torch.load(path)["history"])
+
+    for name, trained in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970)):
+        checkpoint(runs / name / "checkpoint.pt", trained)
     (runs / "mnist-elbo-k1-1layer" / "metrics.json").write_text("{}")
     bin_dir = tmp_path / "bin"  # a python that records its arguments instead of training
     bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/started\n')
+    (bin_dir / "python").write_text(
+        f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/started\n'
+    )
     (bin_dir / "python").chmod(0o755)
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
 
     def script(*args):
+        (tmp_path / "started").unlink(missing_ok=True)
         command = ["bash", str(tmp_path / "benchmarks" / "full_schedule.sh"), *args]
-        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
         return result.stdout
+
+    def started():
+        for _ in range(100):  # the runs start in the background
+            if (tmp_path / "started").exists():
+                return (tmp_path / "started").read_text().split()
+            time.sleep(0.1)
+        raise AssertionError("no run was started")
 
     assert "mnist-iwae-k5-1layer.pt: epoch 970" in script("--save")
     assert sorted(path.name for path in kept.iterdir()) == [
@@ -292,17 +312,37 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     shutil.rmtree(tmp_path / "runs")  # a fresh machine
     out = script("DATA")
     assert "mnist-elbo-k1-1layer: finished" in out and "mnist-iwae-k5-1layer: restored from" in out
-    for _ in range(100):  # the runs start in the background
-        if (tmp_path / "started").exists():
-            break
-        time.sleep(0.1)
-    started = (tmp_path / "started").read_text().split()
-    assert started[:5] == ["examples/mnist.py", "--objective", "iwae", "--particles", "5"]
-    assert {"--resume", "--compile", "DATA"} <= set(started)
-    assert (runs / "mnist-iwae-k5-1layer" / "checkpoint.pt").read_text() == "mnist-iwae-k5-1layer after 970 epochs"
+    arguments = started()
+    assert arguments[:5] == ["examples/mnist.py", "--objective", "iwae", "--particles", "5"]
+    assert {"--resume", "--compile", "DATA"} <= set(arguments)
+    assert epochs(runs / "mnist-iwae-k5-1layer" / "checkpoint.pt") == 970
     # the finished run is restored, not run again: full_schedule_table.py reads it as before
-    assert (runs / "mnist-elbo-k1-1layer" / "checkpoint.pt").read_text() == "mnist-elbo-k1-1layer after 3280 epochs"
+    assert epochs(runs / "mnist-elbo-k1-1layer" / "checkpoint.pt") == 3280
     assert (runs / "mnist-elbo-k1-1layer" / "metrics.json").read_text() == "{}"
+
+    # runs/ behind the kept checkpoint (a later session went on elsewhere): --save keeps the kept one,
+    # and the run resumes from it; runs/ ahead of it (this machine went on): runs/'s is kept, and resumed
+    iwae = "mnist-iwae-k5-1layer"
+    checkpoint(runs / iwae / "checkpoint.pt", 900)
+    assert f"{iwae}.pt: kept as it is (epoch 970" in script("--save")
+    assert epochs(kept / f"{iwae}.pt") == 970
+    assert f"{iwae}: restored from" in script("DATA") and "--resume" in started()
+    assert epochs(runs / iwae / "checkpoint.pt") == 970
+    checkpoint(runs / iwae / "checkpoint.pt", 1000)
+    assert "restored" not in script("DATA") and "--resume" in started()
+    assert epochs(runs / iwae / "checkpoint.pt") == 1000
+    assert f"{iwae}.pt: epoch 1000" in script("--save")
+    assert epochs(kept / f"{iwae}.pt") == 1000
+
+    # a run still training is left alone: not started twice, not restored over
+    checkpoint(runs / iwae / "checkpoint.pt", 900)
+    training = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(runs / iwae)])
+    try:
+        (runs / iwae / "pid").write_text(f"{training.pid}\n")
+        assert f"{iwae}: still training (pid {training.pid})" in script("DATA")
+        assert not (tmp_path / "started").exists() and epochs(runs / iwae / "checkpoint.pt") == 900
+    finally:
+        training.kill()
 
 
 def test_a_count_of_images_is_spread_over_the_split():
