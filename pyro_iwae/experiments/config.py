@@ -33,6 +33,8 @@ CONSTANT_SCHEDULE_EPOCHS = 10
 OBJECTIVE_OPTIONS = {"num_groups": "groups", "beta": "beta"}
 #: the pictures show this many test images
 PICTURE_IMAGES = 32
+#: Burda et al.'s minibatch: 20 images per step (section 5)
+PAPER_BATCH_SIZE = 20
 
 
 class ConfigError(ValueError):
@@ -138,7 +140,9 @@ class RunConfig:
         checkpointed=True,
         choices=list(SCHEDULES),
     )
-    batch_size: int = option(20, "images per step, 20 as in the paper", checkpointed=True, minimum=1, type=int)
+    batch_size: int = option(
+        PAPER_BATCH_SIZE, f"images per step, {PAPER_BATCH_SIZE} as in the paper", checkpointed=True, minimum=1, type=int
+    )
     lr: float = option(1e-3, "Adam learning rate", checkpointed=True, type=float)
     eval_particles: int = option(5000, "importance samples K per test image for log p(x)", minimum=1, type=int)
     eval_batch_size: int = option(100, "test images per evaluation pass", minimum=1, type=int)

@@ -32,7 +32,7 @@ from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import load_model, read_history
 from pyro_iwae.data import num_images
 from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, unit_variances
-from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, RunConfig
+from pyro_iwae.experiments.config import OBJECTIVE_OPTIONS, PAPER_BATCH_SIZE, RunConfig
 from pyro_iwae.experiments.distributed import all_gather, balanced_shares, rank, world_size
 from pyro_iwae.experiments.outputs import write_json
 from pyro_iwae.objectives import OBJECTIVES, objective_options
@@ -208,7 +208,7 @@ def caption(results: dict[Cell, dict], dataset: str, command: str) -> str:
     hours = sum(m["train_seconds"] + m["eval_seconds"] for m in runs) / 3600
     seeds = sorted({c.seed for c in results})
     paper_epochs = len(burda_learning_rates())
-    paper_updates = paper_epochs * -(-num_images(dataset, "train") // 20)  # batch 20, all training images
+    paper_updates = paper_epochs * -(-num_images(dataset, "train") // PAPER_BATCH_SIZE)  # all training images
     return (
         f"Test negative log-likelihood (nats, lower is better) on {dataset}, estimated with K ="
         f" {first['config']['eval_particles']} importance samples per image on the first {first['test_size']} test"
