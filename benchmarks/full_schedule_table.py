@@ -80,7 +80,8 @@ REPRODUCTION_NLL = {
     ("mnist", 2, "iwae"): {1: 84.83, 5: 83.48, 50: 82.82},
 }
 REPRODUCTION = "nbip/IWAE (TF2)"
-#: the train-test gap Burda et al. report, in nats
+#: the train-test gap of Burda et al.'s models, in nats, as the issue that asked for this table quotes it (the
+#: paper's text, which we could not read here, is not checked for it)
 PAPER_GAP = "0.6–0.8"
 #: how a count of images is taken from a split (:func:`spread`); recorded with every evaluation and setting
 SELECTION = "spread"
@@ -529,7 +530,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         " once with seed 0 (K and the images for each run below); the ± is mostly the images' spread, not Monte"
         " Carlo error. Train NLL: the same estimator on training images binarized once with seed 0"
         " (`pyro_iwae.data.binarize`);"
-        f" the train–test gap is test NLL − train NLL (Burda et al. report {PAPER_GAP} nats). Active units:"
+        f" the train–test gap is test NLL − train NLL ({PAPER_GAP} nats for Burda et al.'s models, as quoted to"
+        " us: not checked against the paper). Active units:"
         f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD} on the test images. Training time: the sum of"
         " `history.csv`'s epoch times."
         f" Every evaluation here draws batch i of its images from a seed made of {SEED} and i"
