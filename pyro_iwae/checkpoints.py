@@ -143,7 +143,8 @@ class RunDirectory:
         """
         if not self.checkpoint_path.exists():
             raise CheckpointError(
-                f"no checkpoint at {self.checkpoint_path} to resume from: start afresh instead (without --resume)"
+                f"no checkpoint at {self.checkpoint_path} to resume from: start afresh instead"
+                " (resume=False, without --resume)"
             )
         state = _load(self.checkpoint_path, "cpu")
         differences = [

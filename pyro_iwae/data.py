@@ -245,7 +245,7 @@ def _ensure_files(source: _Source, folder: Path, download: bool) -> None:
     raise DataError(
         f"missing dataset files in {folder}: {', '.join(missing)}{failure}. Download them by hand"
         f" ({', '.join(source.mirrors[0] + name for name in missing)}) and put them there, or point"
-        f" --data-dir / ${DATA_DIR_ENV} at a directory holding {source.folder}/."
+        f" data_dir= (--data-dir) or ${DATA_DIR_ENV} at a directory holding {source.folder}/."
     )
 
 

@@ -45,7 +45,7 @@ def burda_learning_rates(lr: float = 1e-3, epochs: int | None = None) -> list[fl
     """
     rates = [lr * 10 ** (-i / 7) for i in range(8) for _ in range(3**i)]
     if epochs is not None and epochs > len(rates):
-        raise ValueError(f"the burda schedule has {len(rates)} epochs; got --epochs {epochs}")
+        raise ValueError(f"the burda schedule has {len(rates)} epochs; got epochs={epochs} (--epochs)")
     return rates[:epochs]
 
 
@@ -107,7 +107,7 @@ def train(
         if len(history) > len(learning_rates):
             raise CheckpointError(
                 f"{run.checkpoint_path} holds {len(history)} epochs, more than the {len(learning_rates)} asked for:"
-                f" resume with --epochs {len(history)} or more (a schedule at least that long)"
+                f" resume with --epochs {len(history)} or more (learning_rates at least that long)"
             )
     else:
         history = []

@@ -110,7 +110,7 @@ def test_swapped_prior_and_guide_with_dreg_end_to_end(tmp_path, data_dir):
         (["--eval-particles", "0"], "error: --eval-particles must be at least 1, got 0"),
         (["--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
         (["--lr", "0"], "error: --lr must be positive, got 0.0"),
-        (["--schedule", "burda", "--epochs", "4000"], "error: the burda schedule has 3280 epochs; got --epochs 4000"),
+        (["--schedule", "burda", "--epochs", "4000"], "the burda schedule has 3280 epochs; got epochs=4000 (--epochs)"),
         (["--test-size", "10"], "error: the pictures need at least 32 test images, got --test-size 10"),
         (["--objective", "vae"], "invalid choice: 'vae'"),
         (["--dataset", "cifar"], "invalid choice: 'cifar'"),
