@@ -11,9 +11,9 @@ For every run directory it writes to ``--out``:
 - ``curve.json``: the test NLL with K = ``--curve-particles`` (500) on ``--curve-images`` (1000) test
   images spread over the test set (:func:`spread`) for every weights snapshot
   (``RUN_DIR/weights/epoch-NNNN.pt``), and the training loss per epoch from ``history.csv``;
-  ``training_curves.png`` plots both. Points whose snapshots are gone (a run resumed on a fresh
-  machine from the checkpoint that ``benchmarks/full_schedule.sh --save`` kept) stay, from the
-  ``curve.json`` written before.
+  ``training_curves.png`` plots both (the NLL twice: all of it, and from epoch 100 on). Points whose
+  snapshots are gone (a run resumed on a fresh machine from the checkpoint that
+  ``benchmarks/full_schedule.sh --save`` kept) stay, from the ``curve.json`` written before.
 - ``unit_variances.png``: the histograms of log Var_x(E_q[z_u | x]) over the latent units of each
   run's latest weights (Burda et al.'s appendix C).
 - for finished runs (with ``metrics.json``; ``--final`` treats the others as finished, from their
@@ -83,6 +83,8 @@ REPRODUCTION = "nbip/IWAE (TF2)"
 #: the train-test gap of Burda et al.'s models, in nats, as the issue that asked for this table quotes it (the
 #: paper's text, which we could not read here, is not checked for it)
 PAPER_GAP = "0.6–0.8"
+#: the training curve's second panel starts at this epoch, where the curves near the paper's numbers
+ZOOM_FROM_EPOCH = 100
 #: how a count of images is taken from a split (:func:`spread`); recorded with every evaluation and setting
 SELECTION = "spread"
 #: batch i of every evaluation draws from a seed made of this and i (``log_likelihood(..., seed=SEED)``)
@@ -436,28 +438,34 @@ def training_command(run: Run, data_dir: str | None) -> str:
 def plot_curves(curves: dict[str, dict], settings: dict, path: Path) -> None:
     """
     Left: the test NLL of every snapshot against the epoch (log axis, so epoch 0 is left out), the
-    paper's numbers dashed. Right: the training loss per epoch.
+    paper's numbers dashed; middle: the same from epoch :data:`ZOOM_FROM_EPOCH` to the paper's last (or the
+    runs' last), where the curves approach the paper's numbers; right: the training loss per epoch.
     """
-    figure = Figure(figsize=(12, 4.5))
-    nll_axes, loss_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(16, 4.5))
+    nll_axes, zoom_axes, loss_axes = figure.subplots(1, 3)
     for index, run in enumerate(curves.values()):
         color = f"C{index}"
-        points = [p for p in run["points"] if p["epoch"] > 0]
-        epochs, nll = [p["epoch"] for p in points], [p["test_nll"] for p in points]
-        nll_axes.plot(epochs, nll, "o-", color=color, markersize=3, label=run["label"])
-        if run["paper_nll"] is not None:
-            paper = f"{run['label']}: Burda et al., {run['paper_nll']:.2f}"
-            nll_axes.axhline(run["paper_nll"], color=color, linestyle="--", linewidth=1, label=paper)
+        for axes, first_epoch in ((nll_axes, 1), (zoom_axes, ZOOM_FROM_EPOCH)):
+            points = [p for p in run["points"] if p["epoch"] >= first_epoch]
+            epochs, nll = [p["epoch"] for p in points], [p["test_nll"] for p in points]
+            axes.plot(epochs, nll, "o-", color=color, markersize=3, label=run["label"])
+            if run["paper_nll"] is not None:
+                paper = f"{run['label']}: Burda et al., {run['paper_nll']:.2f}"
+                axes.axhline(run["paper_nll"], color=color, linestyle="--", linewidth=1, label=paper)
         loss = run["loss"]
         loss_axes.plot(loss["epoch"], loss["loss"], color=color, linewidth=1, label=run["label"])
     nll_axes.set_title(
         f"test NLL, K = {settings['curve_particles']}, {settings['curve_images']} test images spread over the set",
         fontsize=10,
     )
-    nll_axes.set_ylabel("test NLL (nats)")
+    zoom_axes.set_title(f"the same from epoch {ZOOM_FROM_EPOCH} on, to the paper's last", fontsize=10)
+    last_epoch = max(p["epoch"] for run in curves.values() for p in run["points"])
+    zoom_axes.set_xlim(0.9 * ZOOM_FROM_EPOCH, 1.1 * max(len(burda_learning_rates()), last_epoch))
+    for axes in (nll_axes, zoom_axes):
+        axes.set_ylabel("test NLL (nats)")
     loss_axes.set_title("training loss per epoch (−ELBO for the VAE, −L_k for IWAE)", fontsize=10)
     loss_axes.set_ylabel("training loss (nats per image)")
-    for axes in (nll_axes, loss_axes):
+    for axes in (nll_axes, zoom_axes, loss_axes):
         axes.set_xscale("log")
         axes.set_xlabel("epoch")
         axes.grid(True, which="both", alpha=0.3)
