@@ -320,6 +320,8 @@ class _PathwiseIWAE(IWAE_ELBO):
         log_weights = (weights.model_log_density - weights.guide_log_density).detach()
         return _Pathwise(
             latents,
+            {name: guide_trace.nodes[name]["fn"].event_dim for name in latents},
+            particle_dim,
             model_values,
             weights,
             importance_weights(model_trace, fixed_z_trace).guide_log_density,
@@ -333,6 +335,8 @@ class _Pathwise(NamedTuple):
     What :meth:`_PathwiseIWAE._traces` gives the estimators.
 
     :ivar latents: ``{name: z}``, the guide's samples.
+    :ivar event_dims: ``{name: event_dim}`` of each latent's distribution.
+    :ivar particle_dim: the dim of the particle plate.
     :ivar model_values: ``{name: path_values(z)}``, the values the model was run at.
     :ivar weights: the :class:`~pyro_iwae.importance.ImportanceWeights` of the model's and the guide's traces.
     :ivar log_q_fixed_z: ``[k, batch_size]`` ``log q(stop_gradient(z))``.
@@ -341,11 +345,24 @@ class _Pathwise(NamedTuple):
     """
 
     latents: dict[str, torch.Tensor]
+    event_dims: dict[str, int]
+    particle_dim: int
     model_values: dict[str, torch.Tensor]
     weights: ImportanceWeights
     log_q_fixed_z: torch.Tensor
     normalized_weights: torch.Tensor
     bound: torch.Tensor
+
+    def at_latent(self, name: str, per_data_point: torch.Tensor) -> torch.Tensor:
+        """
+        ``[k, batch_size]`` values (such as ``v``) reshaped to broadcast with latent ``name``: ``k`` at the
+        particle plate's dim and ``batch_size`` at the data plate's, within the latent's batch shape, whatever
+        other plates it is in; ones elsewhere and over its event.
+        """
+        value, event_dim = self.latents[name], self.event_dims[name]
+        shape = [1] * (value.dim() - event_dim)
+        shape[self.particle_dim], shape[self.weights.data_plate.dim] = per_data_point.shape
+        return per_data_point.reshape(shape + [1] * event_dim)
 
 
 class IWAE_STL(_PathwiseIWAE):
@@ -419,8 +436,7 @@ class IWAE_DReG(_PathwiseIWAE):
         for name, value in pathwise.latents.items():
             path_grad = pathwise.model_values[name].grad
             if path_grad is not None:
-                v_at_z = v.reshape(v.shape + (1,) * (value.dim() - v.dim()))
-                guide_loss = guide_loss + (value * (v_at_z * path_grad)).sum()
+                guide_loss = guide_loss + (value * (pathwise.at_latent(name, v) * path_grad)).sum()
         if guide_loss.requires_grad:  # a guide with parameters
             guide_loss.backward()
         return -weights.scale * pathwise.bound

@@ -3,6 +3,7 @@ IWAE_STL and IWAE_DReG on a linear-Gaussian model whose posterior and ELBO have
 closed forms (tests/linear_gaussian.py), with learnable model and guide parameters.
 """
 
+import contextlib
 import math
 
 import pyro
@@ -431,3 +432,78 @@ def test_a_parameter_of_both_model_and_guide_gets_both_parts_scaled_once(objecti
     log_p_fixed_z, _ = vae.log_densities(x_rows, z_path.detach())
     (v * log_p_fixed_z).sum().backward()
     assert vae.c.grad.abs().max() > 0.1 * ours["c"].abs().max()
+
+
+class NestedPlateNormal:
+    """
+    ``x`` ``[N, D]`` given a latent ``z``, ``x ~ N(z, 1)`` per feature, with a feature plate at dim -2
+    inside the data plate; ``z ~ N(0, 1)`` one per data point (``[N]``, the observation in the feature
+    plate) or one per data point and feature (``[D, N]`` in the feature plate, the observation a
+    ``pyro.factor`` outside it). The guide ``N(a x + b, exp(c))`` has its latent where the model does.
+    The gradients are written out in ``[k, D, N]`` tensors.
+    """
+
+    def __init__(self, x, latent_per_feature):
+        self.x, self.latent_per_feature = x, latent_per_feature
+        self.a, self.b, self.c = (torch.tensor(value, dtype=x.dtype, requires_grad=True) for value in (0.1, -0.2, -0.3))
+
+    def guide_loc(self):
+        """``[D, N]`` or ``[1, N]``."""
+        features = self.x.T if self.latent_per_feature else self.x.sum(-1, keepdim=True).T
+        return self.a * features + self.b
+
+    def model(self, x):
+        features = pyro.plate("features", x.shape[1], dim=-2)
+        with pyro.plate("data", x.shape[0]):
+            if self.latent_per_feature:  # the observation outside the feature plate, summed over it by hand
+                with features:
+                    z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+                pyro.factor("x", dist.Normal(z, 1.0).log_prob(x.T).sum(-2, keepdim=True))
+            else:
+                z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+                with features:
+                    pyro.sample("x", dist.Normal(z, 1.0), obs=x.T)
+
+    def guide(self, x):
+        loc, scale = self.guide_loc(), self.c.exp()
+        with pyro.plate("data", x.shape[0]):
+            with pyro.plate("features", x.shape[1], dim=-2) if self.latent_per_feature else contextlib.nullcontext():
+                pyro.sample("z", dist.Normal(loc if self.latent_per_feature else loc.squeeze(-2), scale))
+
+    def hand_gradients(self, objective, z):
+        """The gradients of ``a, b, c`` written out at the guide's draws ``z`` (Tucker et al., eq. 5 for DReG)."""
+        num_particles = z.shape[0]
+        z = z.reshape(num_particles, -1, self.x.shape[0])  # [k, D or 1, N]
+        loc, scale = self.guide_loc(), self.c.exp()
+        z_path = loc + scale * ((z - loc) / scale).detach()
+        log_prior = torch.distributions.Normal(0.0, 1.0).log_prob(z_path).sum(-2)
+        log_p = log_prior + torch.distributions.Normal(z_path, 1.0).log_prob(self.x.T).sum(-2)  # [k, N]
+        log_q = torch.distributions.Normal(loc.detach(), scale.detach()).log_prob(z_path).sum(-2)
+        v = (log_p - log_q).detach().softmax(0)
+        power = 2 if objective == "iwae-dreg" else 1
+        (-(v**power * (log_p - log_q)).sum()).backward()
+        return [parameter.grad for parameter in (self.a, self.b, self.c)]
+
+
+@pytest.mark.parametrize("latent_per_feature", [False, True])
+@pytest.mark.parametrize("objective", ESTIMATORS)
+def test_guide_gradient_with_a_plate_inside_the_data_plate(objective, latent_per_feature):
+    """
+    With a plate nested in the data plate the latent is ``[k, 1, N]`` or ``[k, D, N]``: each particle's
+    weight must meet its own samples (once DReG's ``v`` was put at the wrong dims, mixing data points, or
+    failed to broadcast).
+    """
+    x = LinearGaussian().sample_x(4)[:, :3]
+    model = NestedPlateNormal(x, latent_per_feature)
+    drawn = []
+
+    def recorded_guide(x):
+        drawn.append(poutine.trace(model.guide).get_trace(x).nodes["z"]["value"].detach())
+
+    pyro.set_rng_seed(0)
+    make_objective(objective, 5, max_plate_nesting=2).backward(model.model, recorded_guide, x)
+    ours = [parameter.grad.clone() for parameter in (model.a, model.b, model.c)]
+    for parameter in (model.a, model.b, model.c):
+        parameter.grad = None
+    for mine, hand in zip(ours, model.hand_gradients(objective, drawn[0])):
+        torch.testing.assert_close(mine, hand)
