@@ -236,18 +236,22 @@ def model_only_latents(model_trace: Trace, guide_trace: Trace) -> set[str]:
     return {name for name, site in _sample_sites(model_trace) if not site["is_observed"] and name not in guide_trace}
 
 
+#: ``AutoNormal`` samples latent ``name`` at a transform of its auxiliary site ``name + AUTONORMAL_SUFFIX``
+AUTONORMAL_SUFFIX = "_unconstrained"
+
+
 def _refuse_point_masses(guide_trace: Trace) -> None:
     """
-    Refuse a guide site drawn from a point mass (``Delta``, as in ``AutoDelta``), unless the
-    guide has auxiliary sites whose density stands for it (``AutoNormal`` on a constrained site).
+    Refuse a guide site drawn from a point mass (``Delta``, as in ``AutoDelta``), unless an auxiliary
+    site's density stands for it: ``AutoNormal`` draws ``name`` as a ``Delta`` at a transform of its
+    auxiliary site ``name + "_unconstrained"``, the Jacobian in the ``Delta``'s ``log_density``.
     """
-    if any(site["infer"].get("is_auxiliary") for _, site in _sample_sites(guide_trace)):
-        return
+    auxiliary = {name for name, site in _sample_sites(guide_trace) if site["infer"].get("is_auxiliary")}
     for name, site in _sample_sites(guide_trace):
         fn = site["fn"]
         while not isinstance(fn, dist.Delta) and hasattr(fn, "base_dist"):  # Independent, masked, expanded...
             fn = fn.base_dist
-        if isinstance(fn, dist.Delta):
+        if isinstance(fn, dist.Delta) and name + AUTONORMAL_SUFFIX not in auxiliary:
             raise DataPlateError(
                 f"guide site {name!r} is a point mass (Delta, as in AutoDelta): it has no density q(z | x), so"
                 " the weight p(x, z) / q(z | x) would be p(x, z) at one point, which is not a bound on log p(x)"
