@@ -176,7 +176,8 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
     def per_data_point(name: str, site: dict) -> torch.Tensor:
         scales.append((name, _scale(name, site)))
         log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
-        return _sum_within_data_points(name, log_prob, data_plate.dim, particle_dim).expand(shape)
+        declared = {frame.dim for frame in site["cond_indep_stack"] if frame.vectorized}
+        return _sum_within_data_points(name, log_prob, data_plate.dim, particle_dim, declared).expand(shape)
 
     model_only = model_only_latents(model_trace, guide_trace)
     _refuse_point_masses(guide_trace)
@@ -368,14 +369,32 @@ def _scale(name: str, site: dict) -> float:
     return float(scale)
 
 
-def _sum_within_data_points(name: str, log_prob: torch.Tensor, data_dim: int, particle_dim: int) -> torch.Tensor:
-    """Sum a site's ``[*batch_shape]`` log-density over every dim but the particles' and the data's."""
+def _sum_within_data_points(
+    name: str, log_prob: torch.Tensor, data_dim: int, particle_dim: int, declared: set[int]
+) -> torch.Tensor:
+    """
+    Sum a site's ``[*batch_shape]`` log-density over every dim but the particles' and the data's. A dim of
+    size > 1 must be one of the site's own plates (``declared``): Pyro lets a site's batch shape reach into a
+    dim that no plate of its declares and sums over it, but a particle dim can land there (an observation
+    outside a nested plate whose parameters come from a latent inside it, transposed or reduced without
+    ``keepdim``), and summing it would mix the particles.
+    """
     ndim = -particle_dim
     if log_prob.dim() > ndim:
         raise DataPlateError(
             f"site {name!r} has batch shape {tuple(log_prob.shape)}, more dims than its plates: declare each"
             " batch dim with a pyro.plate, or move it into the event with .to_event()."
         )
+    for dim in range(-log_prob.dim(), 0):
+        if log_prob.shape[dim] > 1 and dim not in declared:
+            raise DataPlateError(
+                f"site {name!r} has size {log_prob.shape[dim]} at dim {dim} of its batch shape"
+                f" {tuple(log_prob.shape)}, a dim that none of its plates declares: a particle dim may have"
+                " landed there (from a latent in a plate this site is not in, transposed, or reduced without"
+                " keepdim=True). Put the site in a pyro.plate at that dim, or sum that dim into the site's"
+                " density yourself (keepdim=True keeps the plates' dims where they are), or make it part of"
+                " the event with .to_event()."
+            )
     log_prob = log_prob.reshape((1,) * (ndim - log_prob.dim()) + log_prob.shape)
     other_dims = [dim for dim in range(-ndim, 0) if dim not in (particle_dim, data_dim)]
     return log_prob.sum(other_dims) if other_dims else log_prob

@@ -309,6 +309,37 @@ def test_a_plate_nested_inside_the_data_plate_needs_no_hand_set_dims():
         assert make_objective(name, 3).loss(model, guide, x) == pytest.approx(-fa.log_marginal(x).sum().item())
 
 
+@pytest.mark.parametrize("keepdim", [True, False])
+def test_a_batch_dim_that_none_of_the_sites_plates_declares_is_refused(keepdim):
+    # z_dn ~ N(0, 1) in a feature plate nested in the data plate, x_nd | z ~ N(z_dn, 1) as a factor in the data
+    # plate alone, summed over the features: without keepdim the factor is [k, N] under the particle plate at
+    # dim -3, k at the feature dim, which Pyro lets pass and a sum over that dim would mix the particles
+    # (once: log p(x) 55 nats too low over these 5 points, silently); with keepdim it is [k, 1, N], exact
+    # under the exact posterior
+    x = torch.randn(5, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            with pyro.plate("features", x.shape[1], dim=-2):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.factor("x", dist.Normal(z, 1.0).log_prob(x.T).sum(-2, keepdim=keepdim))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]), pyro.plate("features", x.shape[1], dim=-2):
+            pyro.sample("z", dist.Normal(x.T / 2, math.sqrt(0.5)))
+
+    if keepdim:
+        exact = Normal(x.new_zeros(()), math.sqrt(2.0)).log_prob(x).sum(-1)
+        assert near(log_likelihood(model, guide, x, num_particles=4, batch_size=3).log_likelihood, exact)
+        assert near(-make_objective("iwae", 4).loss(model, guide, x), exact.sum().item())
+        return
+    message = r"site 'x' has size 4 at dim -2 of its batch shape \(4, 4, 5\), a dim that none of its plates declares"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, x, num_particles=4, batch_size=5)
+    with pytest.raises(DataPlateError, match=message):
+        make_objective("iwae", 4).loss(model, guide, x)
+
+
 @pytest.mark.parametrize("data_first", [True, False])
 def test_two_plates_around_every_site_are_refused_as_ambiguous(data_first):
     # z_nd ~ N(0, 1), x_nd | z_nd ~ N(z_nd, s^2), every site in a data plate and a feature plate: either could
