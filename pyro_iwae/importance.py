@@ -173,9 +173,9 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
     shape = (particles.size if particles is not None else 1, data_plate.size)
     scales = []
 
-    def per_data_point(name: str, site: dict) -> torch.Tensor:
+    def per_data_point(name: str, site: dict, mask: bool | torch.Tensor | None) -> torch.Tensor:
         scales.append((name, _scale(name, site)))
-        log_prob = scale_and_mask(site["unscaled_log_prob"], mask=site["mask"])
+        log_prob = scale_and_mask(site["unscaled_log_prob"], mask=mask)
         declared = {frame.dim for frame in site["cond_indep_stack"] if frame.vectorized}
         return _sum_within_data_points(name, log_prob, data_plate.dim, particle_dim, declared).expand(shape)
 
@@ -187,14 +187,19 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
     for name, site in _sample_sites(model_trace):
         if name in model_only:  # the model proposes it, so p(u | ...) cancels from w
             if not site["fn"].has_rsample:
-                proposal = proposal + per_data_point(name, site)
+                proposal = proposal + per_data_point(name, site, site["mask"])
             continue
-        log_p = log_p + per_data_point(name, site)
+        log_p = log_p + per_data_point(name, site, site["mask"])
     if not isinstance(log_p, torch.Tensor):  # no observation in the model
         log_p = torch.zeros(shape)
     log_weights = log_p
     for name, site in _sample_sites(guide_trace):
-        log_q_site = per_data_point(name, site)
+        # where the model masks a variable out (obs_mask's x_unobserved at the observed entries), the guide's
+        # draws there are in no density of the model: they integrate out of q, so they leave the weight too
+        # (AutoNormal's auxiliary site too, which stands for the variable)
+        variable = name.removesuffix(AUTONORMAL_SUFFIX) if name not in model_trace else name
+        model_mask = model_trace.nodes[variable]["mask"] if variable in model_trace else None
+        log_q_site = per_data_point(name, site, _both(site["mask"], model_mask))
         log_q = log_q + log_q_site
         log_weights = log_weights - log_q_site
         if not site["fn"].has_rsample:
@@ -215,6 +220,13 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         scales[0][1] if scales else 1.0,
         data_plate,
     )
+
+
+def _both(mask: bool | torch.Tensor | None, other: bool | torch.Tensor | None) -> bool | torch.Tensor | None:
+    """Pyro's site masks (``None`` for none, a bool, or a bool tensor) combined: true where both are."""
+    if mask is None or other is None:
+        return other if mask is None else mask
+    return mask & other if isinstance(mask, torch.Tensor) or isinstance(other, torch.Tensor) else mask and other
 
 
 def model_only_latents(model_trace: Trace, guide_trace: Trace) -> set[str]:

@@ -528,6 +528,34 @@ def test_obs_mask_scores_the_observed_part_of_each_row():
         make_objective("elbo", 1).loss(model, guide, x)
 
 
+def test_a_guide_that_proposes_the_masked_values_everywhere_is_scored_where_the_model_uses_them():
+    # AutoNormal proposes obs_mask's x_unobserved at every entry, observed ones included, where the model
+    # masks it: those values are not in the model, so their density leaves the weight as the model's does
+    # (once it stayed: the guide's leftover draws were scored as if they were proposals for the model).
+    # Here they are drawn from p(x | z), so with z from its exact posterior every weight is p(x_observed).
+    fa = Factor()
+    x = fa.data(4)
+    observed = torch.tensor([[1, 1, 1, 1], [1, 0, 1, 0], [0, 0, 0, 1], [0, 0, 0, 0]], dtype=torch.bool)
+    model, _ = masked_factor(fa, observed)
+
+    def guide(x):
+        loc, scale_tril = fa.posterior(x, observed)
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.MultivariateNormal(loc[:, None], scale_tril=scale_tril[:, None]))
+            with pyro.plate("features", x.shape[1], dim=-1):
+                pyro.sample("x_unobserved", dist.Normal((z @ fa.W.T).squeeze(-2) + fa.b, fa.sigma))
+
+    expected = fa.log_marginal(x, observed)
+    assert near(log_likelihood(model, guide, x, num_particles=7).log_likelihood, expected)
+    assert make_objective("iwae", 3).loss(model, guide, x) == pytest.approx(-expected.sum().item())
+    # AutoNormal, untrained, with its auxiliary x_unobserved_unconstrained: a lower bound, within 0.35 nats at
+    # 20,000 particles (once 2.3 to 7.8 nats *above* log p(x) in the partly observed rows)
+    pyro.clear_param_store()
+    guide = AutoNormal(model, init_scale=1.0)
+    estimate = log_likelihood(model, guide, x, num_particles=20000, seed=0).log_likelihood
+    assert (estimate < expected + 0.01).all() and (estimate > expected - 0.5).all(), (estimate, expected)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # subsampled data plates: the scale multiplies the bound after the logsumexp
 
