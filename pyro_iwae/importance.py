@@ -84,13 +84,24 @@ class ImportanceWeights(NamedTuple):
 
 def importance_traces(model: Callable, guide: Callable, *args, **kwargs) -> tuple[Trace, Trace]:
     """
-    Run ``guide`` and then ``model`` replayed against it.
+    Run ``guide`` and then ``model`` replayed against it; or, for an effect-based guide (a
+    ``GuideMessenger`` such as ``AutoNormalMessenger``, which runs its model inside itself), the guide
+    alone, its traces split as Pyro's ELBOs split them.
 
     :returns: ``(model_trace, guide_trace)`` with subsample sites pruned.
     """
-    guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    if is_guide_messenger(guide):
+        guide(*args, **kwargs)
+        model_trace, guide_trace = poutine.unwrap(guide).get_traces()
+    else:
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     return prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+
+
+def is_guide_messenger(guide: Callable) -> bool:
+    """Whether ``guide`` is effect-based (``pyro.poutine.guide.GuideMessenger``): it runs the model itself."""
+    return isinstance(poutine.unwrap(guide), poutine.messenger.Messenger)
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:

@@ -41,6 +41,7 @@ from pyro_iwae.importance import (
     explain_failure,
     guess_max_plate_nesting,
     importance_weights,
+    is_guide_messenger,
     model_only_latents,
 )
 from pyro_iwae.validation import positive_integer
@@ -289,6 +290,13 @@ class _PathwiseIWAE(IWAE_ELBO):
         The guide's trace and its latents ``z``, the model's trace at ``path_values(z)`` and the
         guide's trace at the detached ``z``, all in a particle plate, reduced to :class:`_Pathwise`.
         """
+        if is_guide_messenger(guide):
+            raise ValueError(
+                f"{type(self).__name__} runs the guide again at its own samples with the parameters detached,"
+                " which an effect-based guide (AutoNormalMessenger and the other GuideMessengers, which run the"
+                " model inside themselves) cannot do: use AutoNormal, or the iwae objective"
+                " (make_objective('iwae', k))"
+            )
         if self.max_plate_nesting == float("inf"):
             self._guess_max_plate_nesting(model, guide, args, kwargs)
         # a particle plate even for one particle, left of the model's plates, so that shapes do not depend on k

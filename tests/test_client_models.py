@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI
 from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoGuideList, AutoMultivariateNormal, AutoNormal
+from pyro.poutine.guide import GuideMessenger
 from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
 
@@ -894,6 +895,32 @@ def test_a_guide_that_couples_data_points_is_refused_by_name(autoguide):
         log_likelihood(model, guide, data, num_particles=4)
     with pytest.raises(DataPlateError, match=message):
         make_objective("iwae", 4).loss(model, guide, data)
+
+
+def test_an_effect_based_guide_is_scored_from_its_own_traces():
+    # a GuideMessenger (AutoNormalMessenger's kind) runs the model inside itself: traced as a function, its
+    # trace held the observations and was refused as "guide site 'x' is not a latent". Its own traces, as
+    # Pyro's ELBOs take them: here with the exact posterior N(x/2, 1/2) of z ~ N(0, 1), x | z ~ N(z, 1),
+    # every weight is p(x) = N(x; 0, 2)
+    x = torch.randn(5, generator=torch.Generator().manual_seed(0), dtype=F64)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(()), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    class ExactPosterior(GuideMessenger):
+        def get_posterior(self, name, prior):
+            (x,), _ = self.args_kwargs
+            return dist.Normal(x / 2, math.sqrt(0.5))
+
+    guide = ExactPosterior(model)
+    exact = Normal(x.new_zeros(()), math.sqrt(2.0)).log_prob(x)
+    assert near(log_likelihood(model, guide, x, num_particles=4, batch_size=2).log_likelihood, exact)
+    assert near(-make_objective("iwae", 4).loss(model, guide, x), exact.sum().item())
+    for objective in ("iwae-stl", "iwae-dreg"):  # they run the guide again at fixed samples: it cannot
+        with pytest.raises(ValueError, match="effect-based guide .* use AutoNormal"):
+            make_objective(objective, 4).loss_and_grads(model, guide, x)
 
 
 def test_particle_chunks_are_sized_from_the_rows_in_a_pass():
