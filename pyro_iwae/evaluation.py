@@ -28,6 +28,7 @@ import pyro
 import pyro.util
 import torch
 from pyro import poutine
+from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
@@ -136,7 +137,8 @@ def log_likelihood(
     # one trace outside inference mode, so that parameters the model or guide create on their first
     # call (pyro.param, an autoguide's) are ordinary tensors, which training can update afterwards
     # (it leaves the random number generators as they were)
-    with torch.no_grad():
+    explained = functools.partial(_autoguide_in_batches_explained, guide, batches[0][0].shape[0], args[0].shape[0])
+    with torch.no_grad(), explained():
         nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
     passes = _Passes(model, guide, nesting if max_plate_nesting is None else max_plate_nesting, compile, kwargs)
     estimates = []
@@ -150,6 +152,7 @@ def log_likelihood(
         torch.inference_mode(),
         _random_state_kept(args[0].device) if seed is not None else contextlib.nullcontext(),
         bar,
+        explained(),
     ):
         for index in indices:
             batch = batches[index]
@@ -195,6 +198,25 @@ def _batches(
                 " ...), to have it split with the data (the model and the guide take it as their next argument)"
             )
     return list(zip(*(arg.split(batch_size) for arg in args))) if num_rows else []
+
+
+@contextlib.contextmanager
+def _autoguide_in_batches_explained(guide: Callable, batch_size: int, num_data: int) -> Iterator[None]:
+    """
+    Where an autoguide (``AutoNormal``) fails on batches of fewer rows than the data, raise a
+    :class:`DataPlateError` that says why, from the failure: it keeps a parameter per data point.
+    """
+    try:
+        yield
+    except Exception as error:
+        if not isinstance(guide, AutoGuide) or batch_size >= num_data:
+            raise
+        raise DataPlateError(
+            f"{type(guide).__name__} failed on a batch of {batch_size} of the {num_data} rows. An"
+            " autoguide keeps a parameter per data point, for the data it was built on, so it can score them"
+            f" in batches only through a model that takes subsample=indices, with the guide given those"
+            f" indices (AutoNormal(model, create_plates=...)): else pass batch_size={num_data}."
+        ) from error
 
 
 class _Passes:

@@ -678,6 +678,10 @@ def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior()
     # scored on every data point at once (no subsampling): within Monte-Carlo error of log p(x)
     estimate = log_likelihood(model, guide, data, num_particles=2000, batch_size=40).log_likelihood
     assert abs(estimate.mean() - fa.log_marginal(data).mean()) < 0.03
+    # in batches of fewer rows its 40 parameters do not fit: said so, with the fix (was Pyro's shape error)
+    message = "AutoNormal failed on a batch of 16 of the 40 rows. An autoguide keeps a parameter per data point"
+    with pytest.raises(DataPlateError, match=message + ".*batch_size=40"):
+        log_likelihood(model, guide, data, num_particles=4, batch_size=16)
 
 
 def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
