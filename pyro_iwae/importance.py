@@ -49,8 +49,9 @@ from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-#: our particle plate, and the one Pyro's ELBOs add with ``vectorize_particles=True``
-PARTICLE_PLATE, PYRO_PARTICLE_PLATE = "particles", "num_particles_vectorized"
+#: our particle plate (named apart from any plate of a user's), and the one Pyro's ELBOs add with
+#: ``vectorize_particles=True``
+PARTICLE_PLATE, PYRO_PARTICLE_PLATE = "_pyro_iwae_particles", "num_particles_vectorized"
 PARTICLE_PLATES = (PARTICLE_PLATE, PYRO_PARTICLE_PLATE)
 
 

@@ -171,7 +171,7 @@ def factor_guide(fa, plate_name="data"):
     return guide
 
 
-@pytest.mark.parametrize("plate_name", ["data", "batch", "mnist"])
+@pytest.mark.parametrize("plate_name", ["data", "batch", "mnist", "particles"])  # "particles" was our own
 def test_the_data_plate_is_found_by_structure_not_by_name(plate_name):
     fa = Factor()
     x = fa.data(7)
