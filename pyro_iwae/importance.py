@@ -351,10 +351,11 @@ def _refuse_site_outside_the_data_plate(sites: list, plates: dict) -> None:
     plate = plate.name
     if role == "guide":
         raise DataPlateError(
-            f"guide site {name!r} is outside pyro.plate({plate!r}), the plate of the data points: it couples the"
-            " data points (as the joint latent of AutoMultivariateNormal or AutoDiagonalNormal does), so the"
-            " importance weights cannot be formed per data point. Use a guide that factorizes over data points:"
-            " an amortized guide (an encoder network) or AutoNormal."
+            f"guide site {name!r} is outside pyro.plate({plate!r}), the plate of the data points. If the guide"
+            f" only lacks the plate, sample the site inside `with pyro.plate({plate!r}, ...):` as the model does."
+            " Else it couples the data points (as the joint latent of AutoMultivariateNormal or"
+            " AutoDiagonalNormal does), so the importance weights cannot be formed per data point: use a guide"
+            " that factorizes over data points, an amortized guide (an encoder network) or AutoNormal."
         )
     raise DataPlateError(
         f"model site {name!r} is outside pyro.plate({plate!r}), the plate of the data points: its density is"

@@ -901,6 +901,21 @@ def test_a_guide_that_couples_data_points_is_refused_by_name(autoguide):
         make_objective("iwae", 4).loss(model, guide, data)
 
 
+def test_a_guide_without_the_data_plate_is_told_to_add_it():
+    # Pyro's Trace_ELBO takes a guide whose batched site has no plate; the weights need it per data point
+    fa = Factor()
+    x = fa.data(5)
+    model = factor_model(fa)
+
+    def guide(x):
+        loc, scale_tril = fa.posterior(x)
+        pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    message = r"guide site 'z' is outside pyro.plate\('data'\).*inside `with pyro.plate\('data', ...\):`"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, x, num_particles=3)
+
+
 def test_an_effect_based_guide_is_scored_from_its_own_traces():
     # a GuideMessenger (AutoNormalMessenger's kind) runs the model inside itself: traced as a function, its
     # trace held the observations and was refused as "guide site 'x' is not a latent". Its own traces, as
