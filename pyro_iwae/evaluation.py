@@ -179,7 +179,14 @@ def _batches(
     positive_integer("batch_size", batch_size)
     if particle_chunk_size is not None:
         positive_integer("particle_chunk_size", particle_chunk_size)
-    if not args or not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
+    if not args:
+        raise TypeError(
+            "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data positionally,"
+            f" after the guide, and got none{f' (keyword arguments {sorted(kwargs)})' if kwargs else ''}: pass"
+            " it as log_likelihood(model, guide, x, ...), with the model and the guide taking it as their first"
+            " argument, so that it is split into batches of rows"
+        )
+    if not all(isinstance(arg, torch.Tensor) and arg.dim() > 0 for arg in args):
         raise TypeError(
             "log_likelihood(model, guide, *data, num_particles=..., batch_size=...) takes the data as tensors"
             f" with one row per data point, got {[type(arg).__name__ for arg in args]}: pass num_particles and"

@@ -207,6 +207,8 @@ def test_a_conditional_model_takes_labels_split_with_the_images():
         log_likelihood(model, guide, x, y[:5], num_particles=5)
     with pytest.raises(ValueError, match="keyword argument y= has a row for each of the 11 data points"):
         log_likelihood(model, guide, x, y=y, num_particles=5, batch_size=4)
+    with pytest.raises(TypeError, match=r"takes the data positionally.* got none \(keyword arguments \['x', 'y'\]\)"):
+        log_likelihood(model, guide, x=x, y=y, num_particles=5)
 
 
 @pytest.mark.parametrize(
