@@ -137,9 +137,13 @@ def log_likelihood(
     # one trace outside inference mode, so that parameters the model or guide create on their first
     # call (pyro.param, an autoguide's) are ordinary tensors, which training can update afterwards
     # (it leaves the random number generators as they were)
-    explained = functools.partial(_autoguide_in_batches_explained, guide, batches[0][0].shape[0], args[0].shape[0])
-    with torch.no_grad(), explained():
-        nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
+    num_data = args[0].shape[0]
+    try:
+        with torch.no_grad():
+            nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
+    except Exception as error:
+        _explain_autoguide_in_batches(error, guide, batches[0][0].shape[0], num_data)
+        raise
     passes = _Passes(model, guide, nesting if max_plate_nesting is None else max_plate_nesting, compile, kwargs)
     estimates = []
     bar = tqdm(
@@ -152,13 +156,16 @@ def log_likelihood(
         torch.inference_mode(),
         _random_state_kept(args[0].device) if seed is not None else contextlib.nullcontext(),
         bar,
-        explained(),
     ):
         for index in indices:
             batch = batches[index]
             if seed is not None:
                 pyro.set_rng_seed(batch_seed(seed, index))
-            estimates.append(_estimate(passes, batch, num_particles, particle_chunk_size))
+            try:
+                estimates.append(_estimate(passes, batch, num_particles, particle_chunk_size))
+            except Exception as error:
+                _explain_autoguide_in_batches(error, guide, batch[0].shape[0], num_data)
+                raise
             bar.update(batch[0].shape[0])
     return ImportanceEstimate(*(torch.cat(estimate) for estimate in zip(*estimates)))
 
@@ -207,23 +214,27 @@ def _batches(
     return list(zip(*(arg.split(batch_size) for arg in args))) if num_rows else []
 
 
-@contextlib.contextmanager
-def _autoguide_in_batches_explained(guide: Callable, batch_size: int, num_data: int) -> Iterator[None]:
+def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
     """
-    Where an autoguide (``AutoNormal``) fails on batches of fewer rows than the data, raise a
-    :class:`DataPlateError` that says why, from the failure: it keeps a parameter per data point.
+    After ``error`` on a batch of ``rows`` of the ``num_data`` rows: where the guide is an autoguide
+    (``AutoNormal``) and the error a shape mismatch in it (or its plates' scales), raise a
+    :class:`DataPlateError` that says why, from ``error``: it keeps a parameter per data point. Else
+    return, for the caller to raise ``error``.
     """
-    try:
-        yield
-    except Exception as error:
-        if not isinstance(guide, AutoGuide) or batch_size >= num_data:
-            raise
-        raise DataPlateError(
-            f"{type(guide).__name__} failed on a batch of {batch_size} of the {num_data} rows. An"
-            " autoguide keeps a parameter per data point, for the data it was built on, so it can score them"
-            f" in batches only through a model that takes subsample=indices, with the guide given those"
-            f" indices (AutoNormal(model, create_plates=...)): else pass batch_size={num_data}."
-        ) from error
+    if not isinstance(guide, AutoGuide) or rows >= num_data:
+        return
+    message = str(error)
+    if isinstance(error, DataPlateError):
+        if not message.startswith("the sites have different scales"):
+            return
+    elif not any(word in message for word in ("shape", "broadcast")):
+        return
+    raise DataPlateError(
+        f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
+        " parameter per data point, for the data it was built on, so it can score them in batches only through"
+        " a model that takes subsample=indices, with the guide given those indices (AutoNormal(model,"
+        f" create_plates=...)): else pass batch_size={num_data}."
+    ) from error
 
 
 class _Passes:

@@ -92,6 +92,11 @@ def importance_traces(model: Callable, guide: Callable, *args, **kwargs) -> tupl
     :returns: ``(model_trace, guide_trace)`` with subsample sites pruned.
     """
     if is_guide_messenger(guide):
+        if poutine.unwrap(guide).model != model:
+            raise ValueError(
+                f"the effect-based guide {type(poutine.unwrap(guide)).__name__} runs its own model inside itself,"
+                " not the model given: pass the model it was built with (guide.model)"
+            )
         guide(*args, **kwargs)
         model_trace, guide_trace = poutine.unwrap(guide).get_traces()
     else:
@@ -281,7 +286,9 @@ def _refuse_point_masses(guide_trace: Trace) -> None:
                 f"guide site {name!r} is a point mass (Delta, as in AutoDelta): it has no density q(z | x), so"
                 " the weight p(x, z) / q(z | x) would be p(x, z) at one point, which is not a bound on log p(x)"
                 " (for MAP, train with Trace_ELBO). Use a guide with a density: an encoder network's Normal, or"
-                " AutoNormal."
+                f" AutoNormal. (A Delta at a transform of an auxiliary site counts, as AutoNormal's does, when that"
+                f" site is named {name + AUTONORMAL_SUFFIX!r}, with infer={{'is_auxiliary': True}}, and the"
+                " Delta's log_density is the log-Jacobian of the inverse transform.)"
             )
 
 
@@ -399,10 +406,11 @@ def _sum_within_data_points(
 ) -> torch.Tensor:
     """
     Sum a site's ``[*batch_shape]`` log-density over every dim but the particles' and the data's. A dim of
-    size > 1 must be one of the site's own plates (``declared``): Pyro lets a site's batch shape reach into a
-    dim that no plate of its declares and sums over it, but a particle dim can land there (an observation
-    outside a nested plate whose parameters come from a latent inside it, transposed or reduced without
-    ``keepdim``), and summing it would mix the particles.
+    size > 1 left of one of the site's own plates (``declared``) must be one of them: Pyro lets a site's batch
+    shape reach into a dim that no plate of its declares and sums over it, but a particle dim can land there
+    (an observation outside a nested plate whose parameters come from a latent inside it, transposed or
+    reduced without ``keepdim``), and summing it would mix the particles. Right of every plate of the site
+    (a batch dim that the data plate at ``dim=-2`` leaves) no plate's dim can land, and the dims are summed.
     """
     ndim = -particle_dim
     if log_prob.dim() > ndim:
@@ -410,7 +418,8 @@ def _sum_within_data_points(
             f"site {name!r} has batch shape {tuple(log_prob.shape)}, more dims than its plates: declare each"
             " batch dim with a pyro.plate, or move it into the event with .to_event()."
         )
-    for dim in range(-log_prob.dim(), 0):
+    innermost = max(declared, default=0)  # right of every plate, dims are Pyro's wildcards: summed, as Pyro does
+    for dim in range(-log_prob.dim(), innermost):
         if log_prob.shape[dim] > 1 and dim not in declared:
             raise DataPlateError(
                 f"site {name!r} has size {log_prob.shape[dim]} at dim {dim} of its batch shape"

@@ -335,6 +335,20 @@ def test_a_batch_dim_that_none_of_the_sites_plates_declares_is_refused(keepdim):
         exact = Normal(x.new_zeros(()), math.sqrt(2.0)).log_prob(x).sum(-1)
         assert near(log_likelihood(model, guide, x, num_particles=4, batch_size=3).log_likelihood, exact)
         assert near(-make_objective("iwae", 4).loss(model, guide, x), exact.sum().item())
+
+        # right of every plate of a site no particle dim lands: there Pyro's wildcard dims are summed, as Pyro
+        # does (the data plate at dim -2, the features at dim -1 in no plate)
+        def trailing_features(x):
+            with pyro.plate("data", x.shape[0], dim=-2):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 1), 1.0))
+                pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+        def trailing_guide(x):
+            with pyro.plate("data", x.shape[0], dim=-2):
+                pyro.sample("z", dist.Normal(x.sum(-1, keepdim=True) / 4, 0.5))
+
+        exact = MultivariateNormal(x.new_zeros(3), torch.eye(3, dtype=F64) + 1).log_prob(x)
+        assert near(log_likelihood(trailing_features, trailing_guide, x, num_particles=4).log_likelihood, exact)
         return
     message = r"site 'x' has size 4 at dim -2 of its batch shape \(4, 4, 5\), a dim that none of its plates declares"
     with pytest.raises(DataPlateError, match=message):
@@ -939,6 +953,8 @@ def test_an_effect_based_guide_is_scored_from_its_own_traces():
     exact = Normal(x.new_zeros(()), math.sqrt(2.0)).log_prob(x)
     assert near(log_likelihood(model, guide, x, num_particles=4, batch_size=2).log_likelihood, exact)
     assert near(-make_objective("iwae", 4).loss(model, guide, x), exact.sum().item())
+    with pytest.raises(ValueError, match="runs its own model inside itself, not the model given"):
+        log_likelihood(lambda x: model(x), guide, x, num_particles=4)
     for objective in ("iwae-stl", "iwae-dreg"):  # they run the guide again at fixed samples: it cannot
         with pytest.raises(ValueError, match="effect-based guide .* use AutoNormal"):
             make_objective(objective, 4).loss_and_grads(model, guide, x)

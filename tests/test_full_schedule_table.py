@@ -340,6 +340,7 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     try:
         (runs / iwae / "pid").write_text(f"{training.pid}\n")
         assert f"{iwae}: still training (pid {training.pid})" in script("DATA")
+        time.sleep(1)  # what the script starts runs in the background
         assert not (tmp_path / "started").exists() and epochs(runs / iwae / "checkpoint.pt") == 900
     finally:
         training.kill()
