@@ -88,6 +88,7 @@ def test_command_line_gives_back_the_config():
         (dict(objective="ciwae"), "--objective ciwae needs --beta"),
         (dict(objective="ciwae", beta=2.0), r"--beta must lie in \[0, 1\], got 2.0"),
         (dict(groups=4), "--groups 4 is not an option of --objective iwae"),
+        (dict(objective="iwae-stl", guide="iaf", compile=True), "--compile cannot trace --objective iwae-stl with"),
     ],
 )
 def test_a_config_that_cannot_run_is_refused_where_it_is_made(fields, message):

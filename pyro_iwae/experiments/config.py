@@ -219,6 +219,11 @@ class RunConfig:
             )
         if self.compile and OBJECTIVES[self.objective] not in COMPILABLE:
             raise ConfigError(f"--compile works with --objective {COMPILABLE_NAMES}, not {self.objective}")
+        if self.compile and self.objective == "iwae-stl" and self.guide == "iaf":
+            raise ConfigError(
+                "--compile cannot trace --objective iwae-stl with --guide iaf: STL runs the guide again at its samples,"
+                " through the flows' inverse, which Pyro computes with a data-dependent step; drop --compile"
+            )
         if self.beta is not None and not 0 <= self.beta <= 1:
             raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
         if not self.lr > 0:
