@@ -559,7 +559,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
             "    bash benchmarks/full_schedule.sh ../shared/data",
             "",
             "which runs each of these in the background on one thread (`OMP_NUM_THREADS=1`), and resumes them after"
-            " a stop:",
+            " a stop, adding `--snapshot-every 100` (the weights every 100 epochs, for the training curve),"
+            " `--compile` (the same numbers to float rounding, faster) and `--no-progress`:",
             "",
         ]
     text += [f"    {command}" for command in commands["training"].values()]

@@ -67,6 +67,15 @@ class CompiledFunction:
         try:
             with torch.random.fork_rng(devices=_cuda_devices(example_args)), pyro.validation_enabled(False):
                 self.graph = make_fx(fn)(*example_args)
+        except RuntimeError as error:
+            if "data-dependent" not in str(error):
+                raise
+            raise ValueError(
+                f"{self.name} cannot be traced: it reads a tensor's value in Python (data-dependent control flow,"
+                " .item(), or a transform's inverse that Pyro computes with a data-dependent step, as the IAF"
+                " guide's under IWAE_STL), which a trace cannot record. Run it uncompiled (compile=False, or"
+                " without --compile)."
+            ) from error
         finally:
             pyro.util.set_rng_state(rng_state)
         options = {"fallback_random": True} if backend == "inductor" else None

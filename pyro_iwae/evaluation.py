@@ -29,6 +29,7 @@ import pyro.util
 import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
+from pyro.infer.autoguide.effect import AutoMessenger
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
@@ -217,11 +218,11 @@ def _batches(
 def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
     """
     After ``error`` on a batch of ``rows`` of the ``num_data`` rows: where the guide is an autoguide
-    (``AutoNormal``) and the error a shape mismatch in it (or its plates' scales), raise a
-    :class:`DataPlateError` that says why, from ``error``: it keeps a parameter per data point. Else
-    return, for the caller to raise ``error``.
+    (``AutoNormal``, ``AutoNormalMessenger``) and the error a shape mismatch in it (or its plates'
+    scales), raise a :class:`DataPlateError` that says why, from ``error``: it keeps a parameter per
+    data point. Else return, for the caller to raise ``error``.
     """
-    if not isinstance(guide, AutoGuide) or rows >= num_data:
+    if not isinstance(guide, (AutoGuide, AutoMessenger)) or rows >= num_data:
         return
     message = str(error)
     if isinstance(error, DataPlateError):
@@ -229,11 +230,13 @@ def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, 
             return
     elif not any(word in message for word in ("shape", "broadcast")):
         return
+    plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
     raise DataPlateError(
         f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
         " parameter per data point, for the data it was built on, so it can score them in batches only through"
-        " a model that takes subsample=indices, with the guide given those indices (AutoNormal(model,"
-        f" create_plates=...)): else pass batch_size={num_data}."
+        " a model whose data plate takes subsample=indices (pyro.plate('data', size, subsample=indices), the"
+        f" indices passed as data too), with the guide given those indices{plates}: else pass"
+        f" batch_size={num_data}."
     ) from error
 
 

@@ -334,6 +334,17 @@ def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFr
 
 
 def _refuse_site_outside_the_data_plate(sites: list, plates: dict) -> None:
+    sequential = next(
+        ((role, name, f) for role, name, site in sites for f in site["cond_indep_stack"] if not f.vectorized), None
+    )
+    if sequential is not None:
+        role, name, frame = sequential
+        raise DataPlateError(
+            f"{role} site {name!r} is in the sequential plate {frame.name!r} (`for i in pyro.plate(...)`), which"
+            " makes a site per data point rather than a batch dimension, so the data points cannot be weighed"
+            f" one by one: sample them all at once, in a vectorized plate: `with pyro.plate({frame.name!r},"
+            " len(x)):`."
+        )
     observed = [(role, name) for role, name, site in sites if site["is_observed"]] or list(plates)
     candidates = set.intersection(*({f.name for f in plates[key]} for key in observed))
     if not candidates:

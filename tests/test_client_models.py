@@ -18,8 +18,17 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
+from pyro.distributions import constraints
 from pyro.infer import SVI
-from pyro.infer.autoguide import AutoDelta, AutoDiagonalNormal, AutoGuideList, AutoMultivariateNormal, AutoNormal
+from pyro.infer.autoguide import (
+    AutoDelta,
+    AutoDiagonalNormal,
+    AutoGuideList,
+    AutoMultivariateNormal,
+    AutoNormal,
+    AutoNormalMessenger,
+)
+from pyro.nn import PyroParam
 from pyro.poutine.guide import GuideMessenger
 from torch import nn
 from torch.distributions import Bernoulli, MultivariateNormal, Normal
@@ -281,6 +290,26 @@ def test_an_observation_outside_the_data_plate_is_named():
     for score in (
         lambda: log_likelihood(model, factor_guide(fa), x, num_particles=3),
         lambda: make_objective("iwae", 3).loss(model, factor_guide(fa), x),
+    ):
+        with pytest.raises(DataPlateError, match=message):
+            score()
+
+
+def test_a_sequential_data_plate_is_named():
+    def model(x):
+        for i in pyro.plate("data", x.shape[0]):  # a site per data point, no batch dimension
+            z = pyro.sample(f"z_{i}", dist.Normal(0.0, 1.0))
+            pyro.sample(f"x_{i}", dist.Normal(z, 1.0), obs=x[i])
+
+    def guide(x):
+        for i in pyro.plate("data", x.shape[0]):
+            pyro.sample(f"z_{i}", dist.Normal(x[i] / 2, 0.5**0.5))
+
+    x = torch.randn(4)
+    message = r"model site 'z_0' is in the sequential plate 'data'.*`with pyro.plate\('data', len\(x\)\):`"
+    for score in (
+        lambda: log_likelihood(model, guide, x, num_particles=3),
+        lambda: make_objective("iwae", 3).loss(model, guide, x),
     ):
         with pytest.raises(DataPlateError, match=message):
             score()
@@ -698,6 +727,37 @@ def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior()
     message = "AutoNormal failed on a batch of 16 of the 40 rows. An autoguide keeps a parameter per data point"
     with pytest.raises(DataPlateError, match=message + ".*batch_size=40"):
         log_likelihood(model, guide, data, num_particles=4, batch_size=16)
+
+
+def test_autonormalmessenger_scores_in_batches_through_a_subsampling_plate():
+    # z_n ~ N(0, 1), x_n ~ N(z_n, 1): p(z_n | x_n) = N(x_n / 2, 1 / 2), log p(x_n) = log N(x_n; 0, 2)
+    x = torch.linspace(-2.0, 3.0, 10, dtype=F64)
+    indices = torch.arange(10)
+
+    def subsampled_model(x, indices):
+        with pyro.plate("data", 10, subsample=indices):
+            z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    def whole_model(x, indices):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
+            pyro.sample("x", dist.Normal(z, 1.0), obs=x)
+
+    for model in (subsampled_model, whole_model):
+        pyro.clear_param_store()
+        guide = AutoNormalMessenger(model)
+        guide(x, indices)  # its parameters, one per data point, set to the exact posterior's
+        guide.locs.z = PyroParam(x / 2, event_dim=0)  # event_dim: sliced by the plate's indices
+        guide.scales.z = PyroParam(
+            torch.full((10,), 0.5**0.5, dtype=F64), event_dim=0, constraint=constraints.softplus_positive
+        )
+        if model is subsampled_model:  # every weight is p(x): exact with any K, in any batches
+            estimate = log_likelihood(model, guide, x, indices, num_particles=3, batch_size=4).log_likelihood
+            torch.testing.assert_close(estimate, Normal(0.0, 2**0.5).log_prob(x))
+        else:  # 10 parameters, a batch of 4: said so, with the fix (was Pyro's shape error)
+            with pytest.raises(DataPlateError, match="AutoNormalMessenger failed on a batch of 4 of the 10.*subsample"):
+                log_likelihood(model, guide, x, indices, num_particles=3, batch_size=4)
 
 
 def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
