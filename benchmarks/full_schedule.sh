@@ -20,7 +20,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/table1-mnist-full-schedule/checkpoints
-runs=(mnist-elbo-k1-1layer mnist-iwae-k5-1layer)
+runs=(mnist-elbo-k1-1layer mnist-iwae-k5-1layer mnist-elbo-k1-1layer-glorot)
+# each run's own flags: the paper's VAE and IWAE, and the VAE initialised as Burda et al.'s code does
+declare -A flags=(
+    [mnist-elbo-k1-1layer]="--objective elbo --particles 1"
+    [mnist-iwae-k5-1layer]="--objective iwae --particles 5"
+    [mnist-elbo-k1-1layer-glorot]="--objective elbo --particles 1 --init glorot"
+)
 # the epochs that each run's checkpoint in runs/ and its kept one have trained (-1: none), read at once
 checkpoints=()
 for name in "${runs[@]}"; do checkpoints+=("runs/full-schedule/$name/checkpoint.pt" "$KEPT/$name.pt"); done
@@ -48,8 +54,6 @@ fi
 data_dir=${1:-../shared/data}
 for i in "${!runs[@]}"; do
     name=${runs[i]} out=runs/full-schedule/${runs[i]}
-    IFS=- read -r _ objective particles _ <<<"$name"
-    particles=${particles#k}
     mkdir -p "$out"
     pid=$(cat "$out/pid" 2>/dev/null || true)
     if [[ -n $pid ]] && grep -qs -- "$out" "/proc/$pid/cmdline"; then
@@ -63,7 +67,8 @@ for i in "${!runs[@]}"; do
     fi
     [[ -f $out/metrics.json ]] && { echo "$out: finished"; continue; }
     resume=$([[ -f $out/checkpoint.pt ]] && echo --resume || true)
-    OMP_NUM_THREADS=1 nohup python examples/mnist.py --objective "$objective" --particles "$particles" \
+    # shellcheck disable=SC2086 # the flags are words
+    OMP_NUM_THREADS=1 nohup python examples/mnist.py ${flags[$name]} \
         --schedule burda --data-dir "$data_dir" --out "$out" --snapshot-every 100 --compile --no-progress $resume \
         >>"$out/log.txt" 2>&1 &
     echo $! >"$out/pid"

@@ -58,7 +58,7 @@ from tqdm.auto import tqdm
 
 from pyro_iwae import keep_freed_memory, log_likelihood
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.checkpoints import StoredWeights, read_history, read_weights, save_weights
+from pyro_iwae.checkpoints import ADDED_FIELDS, StoredWeights, read_history, read_weights, save_weights
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, active_units, unit_variances
 from pyro_iwae.experiments.cli import at_least, one_line_errors
@@ -69,7 +69,11 @@ from pyro_iwae.objectives import OBJECTIVES
 from pyro_iwae.plots import plot_unit_variances
 from pyro_iwae.training import burda_learning_rates
 
-RUNS = ("runs/full-schedule/mnist-elbo-k1-1layer", "runs/full-schedule/mnist-iwae-k5-1layer")
+RUNS = (
+    "runs/full-schedule/mnist-elbo-k1-1layer",
+    "runs/full-schedule/mnist-iwae-k5-1layer",
+    "runs/full-schedule/mnist-elbo-k1-1layer-glorot",
+)
 OUT = "benchmarks/results/table1-mnist-full-schedule"
 #: test NLL in nats of https://github.com/nbip/IWAE (TensorFlow 2, 3280 epochs, K = 5000), from its README:
 #: {(dataset, layers, objective): {k: nll}}
@@ -132,13 +136,14 @@ class Run:
 
     @property
     def label(self) -> str:
-        """``"IWAE, k = 5"``, with the layers, prior and guide where they are not the paper's."""
-        c = self.config
+        """``"IWAE, k = 5"``, with the layers, prior, guide and initialisation where they are not the paper's."""
+        c = {**ADDED_FIELDS, **self.config}
         name = OBJECTIVES[c["objective"]].label if c["objective"] in OBJECTIVES else c["objective"]
         label = f"{name}, k = {c['particles']}"
         label += f", {c['layers']} layers" * (c["layers"] != 1)
         label += f", {c['prior']} prior" * (c.get("prior", "normal") != "normal")
-        return label + f", {c['guide']} guide" * (c.get("guide", "normal") != "normal")
+        label += f", {c['guide']} guide" * (c.get("guide", "normal") != "normal")
+        return label + f", {c['init']} init" * (c["init"] != "pytorch")
 
     def reference(self, table: dict) -> float | None:
         """This model's number in ``table``: :data:`~pyro_iwae.experiments.grid.PAPER_NLL`, :data:`REPRODUCTION_NLL`."""

@@ -27,6 +27,7 @@ from pyro_iwae.experiments.config import ConfigError, RunConfig, resolve_device
 from pyro_iwae.experiments.outputs import run_metrics, save_plots, write_json
 from pyro_iwae.fast import keep_freed_memory
 from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.networks import INITIALIZATIONS
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.training import train
 
@@ -42,9 +43,9 @@ def main(config: RunConfig) -> dict:
     # the model p(x, z) and the guide q(z | x) of Burda et al. (2016), section 5
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
-    vae = VAE(
-        *ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide
-    ).to(device)
+    vae = VAE(*ARCHITECTURES[config.layers], mean_pixel=dataset.train.mean(0), prior=config.prior, guide=config.guide)
+    INITIALIZATIONS[config.init](vae)  # on the CPU, so that every device starts from the same weights
+    vae.to(device)
     # a trained model to train on, perhaps with another objective (Burda et al.'s Table 2); a resumed run's
     # checkpoint holds what it became
     if config.init_from is not None and not config.resume:

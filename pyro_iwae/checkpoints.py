@@ -32,6 +32,9 @@ from pyro_iwae.models import ARCHITECTURES, VAE
 HISTORY_FIELDS = {"epoch": int, "lr": float, "loss": float, "seconds": float}
 #: the fields of a training configuration that shape the :class:`VAE`, and their defaults for older checkpoints
 ARCHITECTURE_FIELDS = {"layers": None, "prior": "normal", "guide": "normal"}
+#: fields added to the training configuration since checkpoints were first written, with the value that
+#: those written before had (``--init``: the weights were ``nn.Linear``'s own)
+ADDED_FIELDS = {"init": "pytorch"}
 
 
 class CheckpointError(RuntimeError):
@@ -147,10 +150,11 @@ class RunDirectory:
                 " (resume=False, without --resume)"
             )
         state = _load(self.checkpoint_path, "cpu")
+        stored = {**ADDED_FIELDS, **state["config"]}
         differences = [
-            f"{key} {state['config'].get(key)!r} there, {value!r} here"
+            f"{key} {stored.get(key)!r} there, {value!r} here"
             for key, value in self.config.items()
-            if not _same_value(state["config"].get(key), value)
+            if not _same_value(stored.get(key), value)
         ]
         if differences:
             raise CheckpointError(

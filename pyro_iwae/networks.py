@@ -10,6 +10,8 @@ keeps it (:class:`IAFLayer`, or a user's own).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyro.distributions as dist
 import pyro.distributions.transforms as T
 import torch
@@ -88,3 +90,28 @@ class BernoulliLayer(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> BernoulliPixels:
         return BernoulliPixels(self.logits(self.hidden(inputs)))
+
+
+def glorot_initialize(module: nn.Module) -> None:
+    """
+    Draw the weights of every ``nn.Linear`` in ``module`` again from Glorot & Bengio's (2010)
+    uniform distribution, U(±sqrt(6 / (fan_in + fan_out))), and set its bias to zero, as Burda et
+    al.'s code (``nnet.Linear.random``) and Keras initialise them, in place of ``nn.Linear``'s
+    own U(±1 / sqrt(fan_in)) for weights and biases. A :class:`BernoulliLayer`'s output bias is left
+    as the layer set it (the logit of the mean pixel, as in Burda et al.'s code).
+    """
+    output_biases = {id(m.logits.bias) for m in module.modules() if isinstance(m, BernoulliLayer)}
+    with torch.no_grad():
+        for linear in module.modules():
+            if isinstance(linear, nn.Linear):
+                nn.init.xavier_uniform_(linear.weight)
+                if linear.bias is not None and id(linear.bias) not in output_biases:
+                    linear.bias.zero_()
+
+
+def pytorch_initialize(module: nn.Module) -> None:
+    """``nn.Linear``'s own initialisation, which the layers already have: nothing to do."""
+
+
+#: ``name -> function`` that initialises a model's weights in place (``--init``)
+INITIALIZATIONS: dict[str, Callable[[nn.Module], None]] = {"pytorch": pytorch_initialize, "glorot": glorot_initialize}

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 from mnist import parser as mnist_parser
 
+from pyro_iwae.checkpoints import ADDED_FIELDS
 from pyro_iwae.experiments.config import ConfigError, RunConfig, command_line
 
 
@@ -26,14 +27,15 @@ def test_the_flags_defaults_are_the_configs():
 
 def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
     """
-    A checkpoint records these keys, and a resume compares them with its own (a key it lacks reads as None):
-    a field added later must be None by default, or every older run would be refused.
+    A checkpoint records these keys, and a resume compares them with its own (a key it lacks reads as None,
+    or as ADDED_FIELDS gives it): a field added later must read as its default, or every older run would be
+    refused.
     """
     older = {"objective", "particles", "layers", "prior", "guide", "dataset", "schedule", "batch_size", "lr"}
     older |= {"train_size", "seed"}
     added = set(RunConfig().checkpointed_fields()) - older
-    assert added == {"init_from", "groups", "beta"} and all(
-        RunConfig().checkpointed_fields()[name] is None for name in added
+    assert added == {"init_from", "groups", "beta", "init"} and all(
+        RunConfig().checkpointed_fields()[name] == ADDED_FIELDS.get(name) for name in added
     )
     assert RunConfig().checkpointed_fields() == {
         "objective": "iwae",
@@ -49,6 +51,7 @@ def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
         "lr": 0.001,
         "train_size": None,
         "seed": 0,
+        "init": "pytorch",
         "init_from": None,
     }
 
@@ -89,6 +92,8 @@ def test_command_line_gives_back_the_config():
         (dict(objective="ciwae", beta=2.0), r"--beta must lie in \[0, 1\], got 2.0"),
         (dict(groups=4), "--groups 4 is not an option of --objective iwae"),
         (dict(objective="iwae-stl", guide="iaf", compile=True), "--compile cannot trace --objective iwae-stl with"),
+        (dict(init="glorot", init_from="runs/a"), "--init-from replaces the initial weights, so --init glorot would"),
+        (dict(init="xavier"), "--init must be one of pytorch, glorot, got 'xavier'"),
     ],
 )
 def test_a_config_that_cannot_run_is_refused_where_it_is_made(fields, message):

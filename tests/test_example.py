@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -158,6 +159,16 @@ def test_sizes_beyond_the_data_are_named_not_shrunk(tmp_path, data_dir, flags, s
     result = run_example("--data-dir", data_dir, "--epochs", 1, "--out", tmp_path / "out", *flags)
     assert result.returncode == status and "Traceback" not in result.stderr
     assert message in result.stderr
+
+
+def test_init_glorot_starts_from_glorot_weights_and_says_so(data_dir, tmp_path):
+    flags = ["--epochs", 0, "--test-size", 200, "--eval-particles", 2, "--data-dir", data_dir, "--no-plots"]
+    result = run_example(*flags, "--init", "glorot", "--snapshot-every", 1, "--out", tmp_path / "glorot")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "glorot" / "metrics.json").read_text())["config"]["init"] == "glorot"
+    first_layer = load_model(tmp_path / "glorot" / "weights" / "epoch-0000.pt").encoder[0].hidden[0]
+    # U(+-sqrt(6 / (784 + 200))) = U(+-0.078), zero biases, where nn.Linear's own are U(+-1 / sqrt(784)) = U(+-0.036)
+    assert 0.07 < first_layer.weight.abs().max() <= math.sqrt(6 / 984) and torch.all(first_layer.bias == 0)
 
 
 def test_init_from_trains_on_from_a_trained_model_with_another_objective(run_dir, data_dir, tmp_path):

@@ -278,9 +278,11 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     def epochs(path):
         return len(torch.load(path)["history"])
 
-    for name, trained in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970)):
+    glorot = "mnist-elbo-k1-1layer-glorot"
+    for name, trained in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970), (glorot, 3280)):
         checkpoint(runs / name / "checkpoint.pt", trained)
-    (runs / "mnist-elbo-k1-1layer" / "metrics.json").write_text("{}")
+    for name in ("mnist-elbo-k1-1layer", glorot):
+        (runs / name / "metrics.json").write_text("{}")
     bin_dir = tmp_path / "bin"  # a python that records its arguments instead of training
     bin_dir.mkdir()
     (bin_dir / "python").write_text(
@@ -305,6 +307,8 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
 
     assert "mnist-iwae-k5-1layer.pt: epoch 970" in script("--save")
     assert sorted(path.name for path in kept.iterdir()) == [
+        "mnist-elbo-k1-1layer-glorot.metrics.json",
+        "mnist-elbo-k1-1layer-glorot.pt",
         "mnist-elbo-k1-1layer.metrics.json",
         "mnist-elbo-k1-1layer.pt",
         "mnist-iwae-k5-1layer.pt",
@@ -344,6 +348,15 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
         assert not (tmp_path / "started").exists() and epochs(runs / iwae / "checkpoint.pt") == 900
     finally:
         training.kill()
+
+    # each run with its own flags: the VAE initialised as Burda et al.'s code does
+    training.wait()
+    (runs / iwae / "metrics.json").write_text("{}")  # finished: the one run to start is the other
+    shutil.rmtree(runs / glorot)
+    (kept / f"{glorot}.pt").unlink()
+    (kept / f"{glorot}.metrics.json").unlink()
+    assert f"{glorot}: started" in script("DATA")
+    assert " ".join(started()).startswith("examples/mnist.py --objective elbo --particles 1 --init glorot --schedule")
 
 
 def test_a_count_of_images_is_spread_over_the_split():

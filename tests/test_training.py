@@ -13,6 +13,7 @@ from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import CheckpointError, RunDirectory, is_snapshot_epoch
 from pyro_iwae.importance import DataPlateError
 from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.networks import INITIALIZATIONS
 from pyro_iwae.objectives import OBJECTIVES, make_objective, objective_options
 from pyro_iwae.training import (
     SCHEDULES,
@@ -111,6 +112,11 @@ def test_resume_refuses_another_configuration(tmp_path):
     fit(2, tmp_path / "started", resume=True, config={"k": 3, "init_from": "runs/a"})
     with pytest.raises(CheckpointError, match="init_from 'runs/a' there, 'runs/b' here"):
         fit(2, tmp_path / "started", resume=True, config={"k": 3, "init_from": "runs/b"})
+    # a checkpoint from before --init existed was initialised as --init pytorch does
+    fit(1, tmp_path / "older", config={"k": 3})
+    fit(2, tmp_path / "older", resume=True, config={"k": 3, "init": "pytorch"})
+    with pytest.raises(CheckpointError, match="init 'pytorch' there, 'glorot' here"):
+        fit(3, tmp_path / "older", resume=True, config={"k": 3, "init": "glorot"})
 
 
 def test_finished_epochs_are_never_trained_over(tmp_path):
@@ -209,6 +215,25 @@ def test_images_outside_the_unit_interval_are_refused():
         ValueError, match=r"intensities in \[0, 1\].*values in \[12.75, 242.25\].*divide 8-bit images by 255"
     ):
         train(vae, make_objective("iwae", 2), images() * 255, [1e-3], progress=False)
+
+
+def test_glorot_initialization_is_glorot_and_bengios_uniform_with_zero_biases():
+    torch.manual_seed(0)
+    mean_pixel = torch.rand(784)
+    vae = VAE(*ARCHITECTURES[1], mean_pixel=mean_pixel, guide="iaf")  # the flows' masked layers too
+    INITIALIZATIONS["glorot"](vae)
+    linears = [m for m in vae.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 11  # 7 of the VAE, 2 in each of the 2 flows
+    for linear in linears:
+        fan_out, fan_in = linear.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        largest = linear.weight.abs().max().item()
+        assert 0.95 * bound < largest <= bound  # nn.Linear's own bound, 1 / sqrt(fan_in), is below 0.95 of it
+        assert linear.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.1)  # U(-b, b): variance b^2 / 3
+        if linear is not vae.decoder_pixels.logits:
+            assert torch.all(linear.bias == 0)
+    # the decoder's output bias keeps the logit of the mean pixel (Burda et al.'s code)
+    torch.testing.assert_close(vae.decoder_pixels.logits.bias, torch.logit(mean_pixel.clamp(1e-3, 1 - 1e-3)))
 
 
 def test_optimizer_is_adam_with_the_papers_settings():

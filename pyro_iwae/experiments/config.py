@@ -20,6 +20,7 @@ import torch
 from pyro_iwae.compiled import COMPILABLE
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
+from pyro_iwae.networks import INITIALIZATIONS
 from pyro_iwae.objectives import OBJECTIVES, objective_options
 from pyro_iwae.training import SCHEDULES, burda_learning_rates
 
@@ -170,10 +171,18 @@ class RunConfig:
         "output directory (default: runs/<dataset>-<objective>-k<particles>-<layers>layer[-<prior>-prior]"
         "[-<guide>-guide])",
     )
+    init: str = option(
+        "pytorch",
+        "initial weights: pytorch (nn.Linear's own: U(+-1/sqrt(fan_in)), biases too) or glorot (Glorot & Bengio's"
+        " uniform, zero biases, as Burda et al.'s code and Keras); the decoder's output bias starts at the logit of"
+        " the mean pixel either way",
+        checkpointed=True,
+        choices=list(INITIALIZATIONS),
+    )
     init_from: str | None = option(
         None,
         "start from the weights of this run directory, checkpoint or weights file, e.g. to train a trained model on"
-        " with another objective as in Burda et al.'s Table 2 (default: fresh weights, as nn.Linear initialises"
+        " with another objective as in Burda et al.'s Table 2 (default: fresh weights, as --init draws"
         " them)",
         checkpointed=True,
     )
@@ -223,6 +232,10 @@ class RunConfig:
             raise ConfigError(
                 "--compile cannot trace --objective iwae-stl with --guide iaf: STL runs the guide again at its samples,"
                 " through the flows' inverse, which Pyro computes with a data-dependent step; drop --compile"
+            )
+        if self.init != "pytorch" and self.init_from is not None:
+            raise ConfigError(
+                f"--init-from replaces the initial weights, so --init {self.init} would be lost: drop one"
             )
         if self.beta is not None and not 0 <= self.beta <= 1:
             raise ConfigError(f"--beta must lie in [0, 1], got {self.beta}")
