@@ -1,9 +1,10 @@
 """
 Burda et al. (2016), Table 1, at the paper's budget: the one-stochastic-layer VAE (k = 1) and
-IWAE (k = 5) that ``benchmarks/full_schedule.sh`` trains for 3280 epochs, scored while they
-train and once they finish, beside the paper's numbers and nbip/IWAE's TensorFlow 2 reproduction.
+IWAE (k = 5) that ``benchmarks/full_schedule.sh`` trains for 3280 epochs, and the VAE with Glorot's
+initial weights (``--init glorot``) beside them, scored while they train and once they finish, beside
+the paper's numbers and nbip/IWAE's TensorFlow 2 reproduction.
 
-    python benchmarks/full_schedule_table.py --data-dir ../shared/data          # the two runs
+    python benchmarks/full_schedule_table.py --data-dir ../shared/data          # the three runs
     python benchmarks/full_schedule_table.py RUN_DIR ... --out DIR [--final]
 
 For every run directory it writes to ``--out``:
@@ -58,13 +59,21 @@ from tqdm.auto import tqdm
 
 from pyro_iwae import keep_freed_memory, log_likelihood
 from pyro_iwae.atomic import atomic_open
-from pyro_iwae.checkpoints import ADDED_FIELDS, StoredWeights, read_history, read_weights, save_weights
+from pyro_iwae.checkpoints import (
+    ADDED_FIELD_DEFAULTS,
+    ARCHITECTURE_FIELDS,
+    StoredWeights,
+    read_history,
+    read_weights,
+    save_weights,
+)
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import ACTIVITY_THRESHOLD, active_units, unit_variances
 from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
 from pyro_iwae.experiments.grid import PAPER_NLL
 from pyro_iwae.experiments.outputs import write_json
+from pyro_iwae.networks import DEFAULT_INITIALIZATION
 from pyro_iwae.objectives import OBJECTIVES
 from pyro_iwae.plots import plot_unit_variances
 from pyro_iwae.training import burda_learning_rates
@@ -137,13 +146,13 @@ class Run:
     @property
     def label(self) -> str:
         """``"IWAE, k = 5"``, with the layers, prior, guide and initialisation where they are not the paper's."""
-        c = {**ADDED_FIELDS, **self.config}
+        c = {**ARCHITECTURE_FIELDS, **ADDED_FIELD_DEFAULTS, **self.config}
         name = OBJECTIVES[c["objective"]].label if c["objective"] in OBJECTIVES else c["objective"]
         label = f"{name}, k = {c['particles']}"
         label += f", {c['layers']} layers" * (c["layers"] != 1)
-        label += f", {c['prior']} prior" * (c.get("prior", "normal") != "normal")
-        label += f", {c['guide']} guide" * (c.get("guide", "normal") != "normal")
-        return label + f", {c['init']} init" * (c["init"] != "pytorch")
+        label += f", {c['prior']} prior" * (c["prior"] != ARCHITECTURE_FIELDS["prior"])
+        label += f", {c['guide']} guide" * (c["guide"] != ARCHITECTURE_FIELDS["guide"])
+        return label + f", {c['init']} init" * (c["init"] != DEFAULT_INITIALIZATION)
 
     def reference(self, table: dict) -> float | None:
         """This model's number in ``table``: :data:`~pyro_iwae.experiments.grid.PAPER_NLL`, :data:`REPRODUCTION_NLL`."""
@@ -448,13 +457,15 @@ def plot_curves(curves: dict[str, dict], settings: dict, path: Path) -> None:
     """
     figure = Figure(figsize=(16, 4.5))
     nll_axes, zoom_axes, loss_axes = figure.subplots(1, 3)
+    drawn = set()  # the paper's numbers drawn so far: one line each, in the colour of the first run with it
     for index, run in enumerate(curves.values()):
         color = f"C{index}"
         for axes, first_epoch in ((nll_axes, 1), (zoom_axes, ZOOM_FROM_EPOCH)):
             points = [p for p in run["points"] if p["epoch"] >= first_epoch]
             epochs, nll = [p["epoch"] for p in points], [p["test_nll"] for p in points]
             axes.plot(epochs, nll, "o-", color=color, markersize=3, label=run["label"])
-            if run["paper_nll"] is not None:
+            if run["paper_nll"] is not None and (axes, run["paper_nll"]) not in drawn:
+                drawn.add((axes, run["paper_nll"]))
                 paper = f"{run['label']}: Burda et al., {run['paper_nll']:.2f}"
                 axes.axhline(run["paper_nll"], color=color, linestyle="--", linewidth=1, label=paper)
         loss = run["loss"]
@@ -563,9 +574,9 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         text += [
             "    bash benchmarks/full_schedule.sh ../shared/data",
             "",
-            "which runs each of these in the background on one thread (`OMP_NUM_THREADS=1`), and resumes them after"
-            " a stop, adding `--snapshot-every 100` (the weights every 100 epochs, for the training curve),"
-            " `--compile` (the same numbers to float rounding, faster) and `--no-progress`:",
+            "which runs each of these in the background on one thread (`OMP_NUM_THREADS=1`) with `--snapshot-every"
+            " 100` (the weights every 100 epochs, for the training curve), `--compile` (the same numbers to float"
+            " rounding, faster) and `--no-progress`, and resumes them after a stop:",
             "",
         ]
     text += [f"    {command}" for command in commands["training"].values()]

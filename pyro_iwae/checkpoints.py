@@ -27,14 +27,15 @@ from torch import nn
 
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.models import ARCHITECTURES, VAE
+from pyro_iwae.networks import DEFAULT_INITIALIZATION
 
 #: the columns of ``history.csv``, and their types
 HISTORY_FIELDS = {"epoch": int, "lr": float, "loss": float, "seconds": float}
 #: the fields of a training configuration that shape the :class:`VAE`, and their defaults for older checkpoints
 ARCHITECTURE_FIELDS = {"layers": None, "prior": "normal", "guide": "normal"}
-#: fields added to the training configuration since checkpoints were first written, with the value that
-#: those written before had (``--init``: the weights were ``nn.Linear``'s own)
-ADDED_FIELDS = {"init": "pytorch"}
+#: fields added to the training configuration after checkpoints were written without them, whose value
+#: there was not None (fields added with a default of None read as None where they are missing)
+ADDED_FIELD_DEFAULTS = {"init": DEFAULT_INITIALIZATION}
 
 
 class CheckpointError(RuntimeError):
@@ -150,7 +151,7 @@ class RunDirectory:
                 " (resume=False, without --resume)"
             )
         state = _load(self.checkpoint_path, "cpu")
-        stored = {**ADDED_FIELDS, **state["config"]}
+        stored = {**ADDED_FIELD_DEFAULTS, **state["config"]}
         differences = [
             f"{key} {stored.get(key)!r} there, {value!r} here"
             for key, value in self.config.items()

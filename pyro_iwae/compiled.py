@@ -55,14 +55,18 @@ class CompiledFunction:
     is every Python number it reads (an annealing factor, a temperature): change one, compile again.
     Pyro's validation is off in the trace: its checks read tensors' values, which a trace cannot
     (as in :mod:`pyro.ops.jit`). Where the backend cannot compile (inductor needs a C++ compiler on
-    the CPU), the first call warns and every call runs ``fn`` itself.
+    the CPU), the first call warns and every call runs ``fn`` itself. One that a trace cannot follow
+    (Python that reads a tensor's value) is refused with a :class:`ValueError`.
 
+    :param name: what messages call ``fn`` (default: its ``__name__``).
     :ivar graph: the traced :class:`torch.fx.GraphModule`.
     """
 
-    def __init__(self, fn: Callable, example_args: Sequence, backend: str | Callable = "inductor") -> None:
+    def __init__(
+        self, fn: Callable, example_args: Sequence, backend: str | Callable = "inductor", name: str | None = None
+    ) -> None:
         self.fn = fn
-        self.name = getattr(fn, "__name__", type(fn).__name__)  # a functools.partial has none
+        self.name = name or getattr(fn, "__name__", type(fn).__name__)  # a functools.partial has no __name__
         rng_state = pyro.util.get_rng_state()
         try:
             with torch.random.fork_rng(devices=_cuda_devices(example_args)), pyro.validation_enabled(False):
@@ -149,7 +153,8 @@ class CompiledObjective(OneBackwardPass):
             # ``parameters``, so they are the graph's inputs, and later calls pass them again
             return objective.surrogate_loss(model, guide, *args)
 
-        step = CompiledFunction(surrogate_loss, (list(self.module.parameters()), *args), self.backend)
+        name = f"the step of {type(objective).__name__}"
+        step = CompiledFunction(surrogate_loss, (list(self.module.parameters()), *args), self.backend, name)
         _refuse_frozen_parameters(step.graph)
         return step
 

@@ -334,20 +334,10 @@ def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFr
 
 
 def _refuse_site_outside_the_data_plate(sites: list, plates: dict) -> None:
-    sequential = next(
-        ((role, name, f) for role, name, site in sites for f in site["cond_indep_stack"] if not f.vectorized), None
-    )
-    if sequential is not None:
-        role, name, frame = sequential
-        raise DataPlateError(
-            f"{role} site {name!r} is in the sequential plate {frame.name!r} (`for i in pyro.plate(...)`), which"
-            " makes a site per data point rather than a batch dimension, so the data points cannot be weighed"
-            f" one by one: sample them all at once, in a vectorized plate: `with pyro.plate({frame.name!r},"
-            " len(x)):`."
-        )
     observed = [(role, name) for role, name, site in sites if site["is_observed"]] or list(plates)
     candidates = set.intersection(*({f.name for f in plates[key]} for key in observed))
     if not candidates:
+        _refuse_a_sequential_data_plate(sites)
         where = "; ".join(
             f"{role} site {name!r} in {[f.name for f in plates[role, name]] or 'no plate'}" for role, name in observed
         )
@@ -381,6 +371,27 @@ def _refuse_site_outside_the_data_plate(sites: list, plates: dict) -> None:
         " and the IWAE bound or log-likelihood would be a per-batch number. Learn global quantities as"
         " parameters (pyro.param or nn.Parameter), or put the site inside the plate."
     )
+
+
+def _refuse_a_sequential_data_plate(sites: list) -> None:
+    """Where the observed sites share no vectorized plate because they are in a sequential one, say so."""
+    frame, name = next(
+        (
+            (f, name)
+            for _, name, site in sites
+            if site["is_observed"]
+            for f in site["cond_indep_stack"]
+            if not f.vectorized
+        ),
+        (None, None),
+    )
+    if frame is not None:
+        raise DataPlateError(
+            f"model site {name!r} is in the sequential plate {frame.name!r} (`for i in pyro.plate(...)`), which"
+            " makes a site per data point rather than a batch dimension, so the data points cannot be weighed"
+            f" one by one: sample them all at once, in a vectorized plate: `with pyro.plate({frame.name!r},"
+            " len(x)):`."
+        )
 
 
 def _sample_sites(*traces: Trace):

@@ -84,6 +84,8 @@ class BernoulliLayer(nn.Module):
         super().__init__()
         self.hidden = tanh_mlp(in_dim, hidden_dim)
         self.logits = nn.Linear(hidden_dim, out_dim)
+        #: whether the output bias was set from ``mean_pixel`` (:func:`glorot_initialize` keeps it then)
+        self.bias_from_mean_pixel = mean_pixel is not None
         if mean_pixel is not None:
             with torch.no_grad():
                 self.logits.bias.copy_(torch.logit(mean_pixel.clamp(1e-3, 1 - 1e-3)))
@@ -97,10 +99,13 @@ def glorot_initialize(module: nn.Module) -> None:
     Draw the weights of every ``nn.Linear`` in ``module`` again from Glorot & Bengio's (2010)
     uniform distribution, U(±sqrt(6 / (fan_in + fan_out))), and set its bias to zero, as Burda et
     al.'s code (``nnet.Linear.random``) and Keras initialise them, in place of ``nn.Linear``'s
-    own U(±1 / sqrt(fan_in)) for weights and biases. A :class:`BernoulliLayer`'s output bias is left
-    as the layer set it (the logit of the mean pixel, as in Burda et al.'s code).
+    own U(±1 / sqrt(fan_in)) for weights and biases. A :class:`BernoulliLayer`'s output bias set
+    from the mean pixel keeps it, as in Burda et al.'s code. (Burda's code draws every layer from a
+    generator seeded afresh with 123, so layers of one shape start equal; these draws are independent.)
     """
-    output_biases = {id(m.logits.bias) for m in module.modules() if isinstance(m, BernoulliLayer)}
+    output_biases = {
+        id(m.logits.bias) for m in module.modules() if isinstance(m, BernoulliLayer) and m.bias_from_mean_pixel
+    }
     with torch.no_grad():
         for linear in module.modules():
             if isinstance(linear, nn.Linear):
@@ -115,3 +120,5 @@ def pytorch_initialize(module: nn.Module) -> None:
 
 #: ``name -> function`` that initialises a model's weights in place (``--init``)
 INITIALIZATIONS: dict[str, Callable[[nn.Module], None]] = {"pytorch": pytorch_initialize, "glorot": glorot_initialize}
+#: the initialisation of a model built and left as it is (``--init``'s default)
+DEFAULT_INITIALIZATION = "pytorch"

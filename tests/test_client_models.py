@@ -306,13 +306,40 @@ def test_a_sequential_data_plate_is_named():
             pyro.sample(f"z_{i}", dist.Normal(x[i] / 2, 0.5**0.5))
 
     x = torch.randn(4)
-    message = r"model site 'z_0' is in the sequential plate 'data'.*`with pyro.plate\('data', len\(x\)\):`"
+    message = r"model site 'x_0' is in the sequential plate 'data'.*`with pyro.plate\('data', len\(x\)\):`"
     for score in (
         lambda: log_likelihood(model, guide, x, num_particles=3),
         lambda: make_objective("iwae", 3).loss(model, guide, x),
     ):
         with pytest.raises(DataPlateError, match=message):
             score()
+
+
+def sequential_steps_model(global_latent):
+    """x[n, t] ~ N(z_t, 1), z_t ~ N(g, 1), a sequential plate over t inside the data plate; g global or 0."""
+
+    def model(x):
+        g = pyro.sample("g", dist.Normal(0.0, 1.0)) if global_latent else 0.0
+        with pyro.plate("data", x.shape[0]):
+            for t in pyro.plate("steps", x.shape[1]):
+                z = pyro.sample(f"z_{t}", dist.Normal(g, 1.0))
+                pyro.sample(f"x_{t}", dist.Normal(z, 1.0), obs=x[:, t])
+
+    return model
+
+
+def test_a_sequential_plate_inside_the_data_plate_is_accepted():
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            for t in pyro.plate("steps", x.shape[1]):
+                pyro.sample(f"z_{t}", dist.Normal(x[:, t] / 2, 0.5**0.5))  # the exact posterior
+
+    x = torch.randn(4, 3)
+    estimate = log_likelihood(sequential_steps_model(False), guide, x, num_particles=3).log_likelihood
+    torch.testing.assert_close(estimate, Normal(0.0, 2**0.5).log_prob(x).sum(-1))
+    # a global latent beside it is named as such, not blamed on the sequential plate
+    with pytest.raises(DataPlateError, match="model site 'g' is outside pyro.plate\\('data'\\)"):
+        log_likelihood(sequential_steps_model(True), guide, x, num_particles=3)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -113,7 +113,9 @@ def test_a_step_that_reads_tensor_values_is_refused():
     # STL runs the IAF guide again at its samples, through the flows' inverse: a trace cannot follow it
     vae = VAE((30,), (4,), guide="iaf")
     objective = compile_objective(make_objective("iwae-stl", 2), vae, backend="aot_eager")
-    with pytest.raises(ValueError, match="cannot be traced: it reads a tensor's value.*Run it uncompiled"):
+    with pytest.raises(
+        ValueError, match="the step of IWAE_STL cannot be traced: it reads a tensor's value.*Run it uncompiled"
+    ):
         objective.loss_and_grads(vae.model, vae.guide, torch.bernoulli(torch.full((3, 784), 0.3)))
 
 

@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 from mnist import parser as mnist_parser
 
-from pyro_iwae.checkpoints import ADDED_FIELDS
+from pyro_iwae.checkpoints import ADDED_FIELD_DEFAULTS
 from pyro_iwae.experiments.config import ConfigError, RunConfig, command_line
 
 
@@ -18,8 +18,8 @@ def test_the_flags_defaults_are_the_configs():
     assert parse() == RunConfig()
     assert (RunConfig().objective, RunConfig().particles, len(RunConfig().learning_rates())) == ("iwae", 5, 10)
     assert str(RunConfig().directory) == "runs/mnist-iwae-k5-1layer"
-    config = RunConfig(prior="vamp", guide="iaf", layers=2)
-    assert str(config.directory) == "runs/mnist-iwae-k5-2layer-vamp-prior-iaf-guide"
+    config = RunConfig(prior="vamp", guide="iaf", layers=2, init="glorot")
+    assert str(config.directory) == "runs/mnist-iwae-k5-2layer-vamp-prior-iaf-guide-glorot-init"
     # what is worked out from other fields follows them when they change
     longer = dataclasses.replace(RunConfig(), schedule="burda", particles=50)
     assert len(longer.learning_rates()) == 3280 and str(longer.directory) == "runs/mnist-iwae-k50-1layer"
@@ -28,14 +28,14 @@ def test_the_flags_defaults_are_the_configs():
 def test_the_checkpointed_fields_are_those_old_checkpoints_hold():
     """
     A checkpoint records these keys, and a resume compares them with its own (a key it lacks reads as None,
-    or as ADDED_FIELDS gives it): a field added later must read as its default, or every older run would be
+    or as ADDED_FIELD_DEFAULTS gives it): a field added later must read as its default, or every older run would be
     refused.
     """
     older = {"objective", "particles", "layers", "prior", "guide", "dataset", "schedule", "batch_size", "lr"}
     older |= {"train_size", "seed"}
     added = set(RunConfig().checkpointed_fields()) - older
     assert added == {"init_from", "groups", "beta", "init"} and all(
-        RunConfig().checkpointed_fields()[name] == ADDED_FIELDS.get(name) for name in added
+        RunConfig().checkpointed_fields()[name] == ADDED_FIELD_DEFAULTS.get(name) for name in added
     )
     assert RunConfig().checkpointed_fields() == {
         "objective": "iwae",

@@ -232,8 +232,11 @@ def test_glorot_initialization_is_glorot_and_bengios_uniform_with_zero_biases():
         assert linear.weight.var().item() == pytest.approx(bound**2 / 3, rel=0.1)  # U(-b, b): variance b^2 / 3
         if linear is not vae.decoder_pixels.logits:
             assert torch.all(linear.bias == 0)
-    # the decoder's output bias keeps the logit of the mean pixel (Burda et al.'s code)
+    # the decoder's output bias keeps the logit of the mean pixel (Burda et al.'s code), and is zero without one
     torch.testing.assert_close(vae.decoder_pixels.logits.bias, torch.logit(mean_pixel.clamp(1e-3, 1 - 1e-3)))
+    without_mean_pixel = VAE(*ARCHITECTURES[1])
+    INITIALIZATIONS["glorot"](without_mean_pixel)
+    assert torch.all(without_mean_pixel.decoder_pixels.logits.bias == 0)
 
 
 def test_optimizer_is_adam_with_the_papers_settings():

@@ -20,7 +20,7 @@ import torch
 from pyro_iwae.compiled import COMPILABLE
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
 from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
-from pyro_iwae.networks import INITIALIZATIONS
+from pyro_iwae.networks import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from pyro_iwae.objectives import OBJECTIVES, objective_options
 from pyro_iwae.training import SCHEDULES, burda_learning_rates
 
@@ -172,10 +172,10 @@ class RunConfig:
         "[-<guide>-guide])",
     )
     init: str = option(
-        "pytorch",
+        DEFAULT_INITIALIZATION,
         "initial weights: pytorch (nn.Linear's own: U(+-1/sqrt(fan_in)), biases too) or glorot (Glorot & Bengio's"
         " uniform, zero biases, as Burda et al.'s code and Keras); the decoder's output bias starts at the logit of"
-        " the mean pixel either way",
+        " the mean pixel either way (with --init-from, the weights come from there)",
         checkpointed=True,
         choices=list(INITIALIZATIONS),
     )
@@ -233,7 +233,7 @@ class RunConfig:
                 "--compile cannot trace --objective iwae-stl with --guide iaf: STL runs the guide again at its samples,"
                 " through the flows' inverse, which Pyro computes with a data-dependent step; drop --compile"
             )
-        if self.init != "pytorch" and self.init_from is not None:
+        if self.init != DEFAULT_INITIALIZATION and self.init_from is not None:
             raise ConfigError(
                 f"--init-from replaces the initial weights, so --init {self.init} would be lost: drop one"
             )
@@ -260,11 +260,12 @@ class RunConfig:
     @property
     def directory(self) -> Path:
         """``--out``, by default ``runs/<dataset>-<objective>-k<particles>-<layers>layer``, then
-        ``-<prior>-prior`` and ``-<guide>-guide`` where they are not the default."""
+        ``-<prior>-prior``, ``-<guide>-guide`` and ``-<init>-init`` where they are not the default."""
         if self.out is not None:
             return Path(self.out)
         name = f"{self.dataset}-{self.objective}-k{self.particles}-{self.layers}layer"
         name += f"-{self.prior}-prior" * (self.prior != "normal") + f"-{self.guide}-guide" * (self.guide != "normal")
+        name += f"-{self.init}-init" * (self.init != DEFAULT_INITIALIZATION)
         return Path("runs") / name
 
     def learning_rates(self) -> list[float]:
@@ -292,7 +293,8 @@ class RunConfig:
     @property
     def label(self) -> str:
         """The model in a picture's title."""
-        return f"{self.objective} k={self.particles}, {self.layers} layer(s), {self.prior} prior, {self.guide} guide"
+        label = f"{self.objective} k={self.particles}, {self.layers} layer(s), {self.prior} prior, {self.guide} guide"
+        return label + f", {self.init} init" * (self.init != DEFAULT_INITIALIZATION)
 
     @classmethod
     def add_arguments(
