@@ -228,7 +228,7 @@ def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, 
     if isinstance(error, DataPlateError):
         if not message.startswith("the sites have different scales"):
             return
-    elif not any(word in message for word in ("shape", "broadcast")):
+    elif not any(word in message.lower() for word in ("shape", "broadcast", "expand")):  # validated or not
         return
     plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
     raise DataPlateError(

@@ -48,8 +48,12 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def fresh_pyro(tmp_path_factory, monkeypatch):
-    """An empty param store, a fixed seed, and a private cache directory for every test."""
+    """
+    An empty param store, a fixed seed, Pyro's validation on (whatever an earlier test left: examples/mnist.py
+    turns it off), and a private cache directory for every test.
+    """
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     monkeypatch.setenv("PYRO_IWAE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-    yield
+    with pyro.validation_enabled(True):
+        yield

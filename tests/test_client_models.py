@@ -752,8 +752,9 @@ def test_autonormal_trained_with_subsample_size_approaches_the_exact_posterior()
     assert abs(estimate.mean() - fa.log_marginal(data).mean()) < 0.03
     # in batches of fewer rows its 40 parameters do not fit: said so, with the fix (was Pyro's shape error)
     message = "AutoNormal failed on a batch of 16 of the 40 rows. An autoguide keeps a parameter per data point"
-    with pytest.raises(DataPlateError, match=message + ".*batch_size=40"):
-        log_likelihood(model, guide, data, num_particles=4, batch_size=16)
+    for validation in (True, False):  # Pyro's "Shape mismatch", or torch's own error unvalidated
+        with pyro.validation_enabled(validation), pytest.raises(DataPlateError, match=message + ".*batch_size=40"):
+            log_likelihood(model, guide, data, num_particles=4, batch_size=16)
 
 
 def test_autonormalmessenger_scores_in_batches_through_a_subsampling_plate():
@@ -771,6 +772,7 @@ def test_autonormalmessenger_scores_in_batches_through_a_subsampling_plate():
             z = pyro.sample("z", dist.Normal(torch.tensor(0.0, dtype=F64), 1.0))
             pyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
+    refusal = "AutoNormalMessenger failed on a batch of 4 of the 10.*subsample"
     for model in (subsampled_model, whole_model):
         pyro.clear_param_store()
         guide = AutoNormalMessenger(model)
@@ -782,9 +784,10 @@ def test_autonormalmessenger_scores_in_batches_through_a_subsampling_plate():
         if model is subsampled_model:  # every weight is p(x): exact with any K, in any batches
             estimate = log_likelihood(model, guide, x, indices, num_particles=3, batch_size=4).log_likelihood
             torch.testing.assert_close(estimate, Normal(0.0, 2**0.5).log_prob(x))
-        else:  # 10 parameters, a batch of 4: said so, with the fix (was Pyro's shape error)
-            with pytest.raises(DataPlateError, match="AutoNormalMessenger failed on a batch of 4 of the 10.*subsample"):
-                log_likelihood(model, guide, x, indices, num_particles=3, batch_size=4)
+        else:  # 10 parameters, a batch of 4: said so, with the fix (was Pyro's shape error, or torch's unvalidated)
+            for validation in (True, False):
+                with pyro.validation_enabled(validation), pytest.raises(DataPlateError, match=refusal):
+                    log_likelihood(model, guide, x, indices, num_particles=3, batch_size=4)
 
 
 def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
