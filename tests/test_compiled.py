@@ -84,7 +84,7 @@ def test_a_backend_that_fails_falls_back_to_the_eager_step(vae_and_batches):
         raise RuntimeError("no C++ compiler")
 
     compiled = compile_objective(make_objective("iwae", 3), twin, backend=broken_backend)
-    with pytest.warns(UserWarning, match="could not compile surrogate_loss, so it runs uncompiled"):
+    with pytest.warns(UserWarning, match="could not compile the step of IWAE_ELBO, so it runs uncompiled"):
         fallen_back = steps(twin, compiled, batches)
     for (eager_loss, eager_grads), (loss, grads) in zip(eager, fallen_back):  # to the bit: the same eager code
         assert loss == eager_loss and all(torch.equal(a, b) for a, b in zip(eager_grads, grads))
