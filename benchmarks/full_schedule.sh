@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, or resume after a stop, the paper-budget runs of Burda et al.'s Table 1 (one stochastic
-# layer, --schedule burda in full: 3280 passes, K = 5000 on all 10,000 test images), each in the
-# background on one thread. Run it again after any stop: a run with a checkpoint continues from its
+# layer, --schedule burda in full: 3280 passes, K = 5000 on all 10,000 test images) that
+# benchmarks/full_schedule_runs.txt lists, each in the background on one thread. Run it again after any stop: a run with a checkpoint continues from its
 # last finished epoch, a finished run and one still training are left alone. Progress:
 # runs/full-schedule/*/history.csv.
 #
@@ -20,13 +20,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KEPT=benchmarks/results/table1-mnist-full-schedule/checkpoints
-runs=(mnist-elbo-k1-1layer mnist-iwae-k5-1layer mnist-elbo-k1-1layer-glorot)
-# each run's own flags: the paper's VAE and IWAE, and the VAE initialised as Burda et al.'s code does
-declare -A flags=(
-    [mnist-elbo-k1-1layer]="--objective elbo --particles 1"
-    [mnist-iwae-k5-1layer]="--objective iwae --particles 5"
-    [mnist-elbo-k1-1layer-glorot]="--objective elbo --particles 1 --init glorot"
-)
+# the runs, in order, and each run's own flags
+runs=()
+declare -A flags=()
+while read -r name run_flags; do
+    [[ -z $name || $name == \#* ]] && continue
+    runs+=("$name")
+    flags[$name]=$run_flags
+done <benchmarks/full_schedule_runs.txt
 # the epochs that each run's checkpoint in runs/ and its kept one have trained (-1: none), read at once
 checkpoints=()
 for name in "${runs[@]}"; do checkpoints+=("runs/full-schedule/$name/checkpoint.pt" "$KEPT/$name.pt"); done

@@ -1,10 +1,10 @@
 """
 Burda et al. (2016), Table 1, at the paper's budget: the one-stochastic-layer VAE (k = 1) and
-IWAE (k = 5) that ``benchmarks/full_schedule.sh`` trains for 3280 epochs, and the VAE with Glorot's
-initial weights (``--init glorot``) beside them, scored while they train and once they finish, beside
+IWAE (k = 5) that ``benchmarks/full_schedule.sh`` trains for 3280 epochs, with PyTorch's and with
+Glorot's initial weights (``--init glorot``), scored while they train and once they finish, beside
 the paper's numbers and nbip/IWAE's TensorFlow 2 reproduction.
 
-    python benchmarks/full_schedule_table.py --data-dir ../shared/data          # the three runs
+    python benchmarks/full_schedule_table.py --data-dir ../shared/data          # full_schedule_runs.txt's runs
     python benchmarks/full_schedule_table.py RUN_DIR ... --out DIR [--final]
 
 For every run directory it writes to ``--out``:
@@ -73,15 +73,17 @@ from pyro_iwae.experiments.cli import at_least, one_line_errors
 from pyro_iwae.experiments.config import DEVICES, command_line, resolve_device
 from pyro_iwae.experiments.grid import PAPER_NLL
 from pyro_iwae.experiments.outputs import write_json
+from pyro_iwae.models import DEFAULT_GUIDE, DEFAULT_PRIOR
 from pyro_iwae.networks import DEFAULT_INITIALIZATION
 from pyro_iwae.objectives import OBJECTIVES
 from pyro_iwae.plots import plot_unit_variances
 from pyro_iwae.training import burda_learning_rates
 
-RUNS = (
-    "runs/full-schedule/mnist-elbo-k1-1layer",
-    "runs/full-schedule/mnist-iwae-k5-1layer",
-    "runs/full-schedule/mnist-elbo-k1-1layer-glorot",
+#: the run directories that ``benchmarks/full_schedule.sh`` trains, as ``full_schedule_runs.txt`` lists them
+RUNS = tuple(
+    f"runs/full-schedule/{line.split()[0]}"
+    for line in (Path(__file__).parent / "full_schedule_runs.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
 )
 OUT = "benchmarks/results/table1-mnist-full-schedule"
 #: test NLL in nats of https://github.com/nbip/IWAE (TensorFlow 2, 3280 epochs, K = 5000), from its README:
@@ -150,14 +152,14 @@ class Run:
         name = OBJECTIVES[c["objective"]].label if c["objective"] in OBJECTIVES else c["objective"]
         label = f"{name}, k = {c['particles']}"
         label += f", {c['layers']} layers" * (c["layers"] != 1)
-        label += f", {c['prior']} prior" * (c["prior"] != ARCHITECTURE_FIELDS["prior"])
-        label += f", {c['guide']} guide" * (c["guide"] != ARCHITECTURE_FIELDS["guide"])
+        label += f", {c['prior']} prior" * (c["prior"] != DEFAULT_PRIOR)
+        label += f", {c['guide']} guide" * (c["guide"] != DEFAULT_GUIDE)
         return label + f", {c['init']} init" * (c["init"] != DEFAULT_INITIALIZATION)
 
     def reference(self, table: dict) -> float | None:
         """This model's number in ``table``: :data:`~pyro_iwae.experiments.grid.PAPER_NLL`, :data:`REPRODUCTION_NLL`."""
-        c = self.config
-        plain = c.get("prior", "normal") == "normal" and c.get("guide", "normal") == "normal"
+        c = {**ARCHITECTURE_FIELDS, **self.config}
+        plain = (c["prior"], c["guide"]) == (DEFAULT_PRIOR, DEFAULT_GUIDE)
         key = (c.get("dataset", "mnist"), c["layers"], c["objective"])
         return table.get(key, {}).get(c["particles"]) if plain else None
 

@@ -31,8 +31,11 @@ from pyro_iwae.priors import LearnedNormalPrior, MixtureOfGaussiansPrior, Standa
 ARCHITECTURES = {1: ((200,), (50,)), 2: ((200, 100), (100, 50))}
 
 
+#: the prior and the guide of Burda et al.: N(0, I), and a diagonal Gaussian for every stochastic layer
+DEFAULT_PRIOR = "normal"
+DEFAULT_GUIDE = "normal"
 #: ``name -> (latent_dim, encoder, mean_pixel) -> prior module`` (:mod:`pyro_iwae.priors`);
-#: ``"normal"`` is Burda et al.'s N(0, I)
+#: :data:`DEFAULT_PRIOR` is Burda et al.'s N(0, I)
 PRIORS: dict[str, Callable[[int, Sequence[nn.Module], torch.Tensor], nn.Module]] = {
     "normal": lambda latent_dim, encoder, mean_pixel: StandardNormalPrior(latent_dim),
     "learned-normal": lambda latent_dim, encoder, mean_pixel: LearnedNormalPrior(latent_dim),
@@ -63,8 +66,8 @@ class VAE(nn.Module):
         latent_dims: Sequence[int] = ARCHITECTURES[1][1],
         x_dim: int = 784,
         mean_pixel: torch.Tensor | None = None,
-        prior: str | nn.Module = "normal",
-        guide: str | Callable[[int, int, int], nn.Module] = "normal",
+        prior: str | nn.Module = DEFAULT_PRIOR,
+        guide: str | Callable[[int, int, int], nn.Module] = DEFAULT_GUIDE,
     ) -> None:
         super().__init__()
         if len(hidden_dims) != len(latent_dims):

@@ -268,6 +268,13 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
     """
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(ROOT / "benchmarks" / "full_schedule.sh", tmp_path / "benchmarks")
+    (tmp_path / "benchmarks" / "full_schedule_runs.txt").write_text(
+        "# name flags\n"
+        "mnist-elbo-k1-1layer --objective elbo --particles 1\n"
+        "mnist-iwae-k5-1layer --objective iwae --particles 5\n"
+        "\n"
+        "mnist-elbo-k1-1layer-glorot --objective elbo --particles 1 --init glorot\n"
+    )
     kept = tmp_path / "benchmarks" / "results" / "table1-mnist-full-schedule" / "checkpoints"
     runs = tmp_path / "runs" / "full-schedule"
 

@@ -19,7 +19,7 @@ import torch
 
 from pyro_iwae.compiled import COMPILABLE
 from pyro_iwae.data import DATA_DIR_ENV, DATASETS, num_images
-from pyro_iwae.models import ARCHITECTURES, GUIDES, PRIORS
+from pyro_iwae.models import ARCHITECTURES, DEFAULT_GUIDE, DEFAULT_PRIOR, GUIDES, PRIORS
 from pyro_iwae.networks import DEFAULT_INITIALIZATION, INITIALIZATIONS
 from pyro_iwae.objectives import OBJECTIVES, objective_options
 from pyro_iwae.training import SCHEDULES, burda_learning_rates
@@ -106,14 +106,14 @@ class RunConfig:
         choices=sorted(ARCHITECTURES),
     )
     prior: str = option(
-        "normal",
+        DEFAULT_PRIOR,
         "prior over the top latent layer: N(0, I), a learned diagonal Gaussian, a mixture of 10 Gaussians,"
         " or the VampPrior with 500 pseudo-inputs",
         checkpointed=True,
         choices=list(PRIORS),
     )
     guide: str = option(
-        "normal",
+        DEFAULT_GUIDE,
         "guide for each stochastic layer: a diagonal Gaussian, or one followed by 2 inverse autoregressive flows",
         checkpointed=True,
         choices=list(GUIDES),
@@ -264,7 +264,8 @@ class RunConfig:
         if self.out is not None:
             return Path(self.out)
         name = f"{self.dataset}-{self.objective}-k{self.particles}-{self.layers}layer"
-        name += f"-{self.prior}-prior" * (self.prior != "normal") + f"-{self.guide}-guide" * (self.guide != "normal")
+        name += f"-{self.prior}-prior" * (self.prior != DEFAULT_PRIOR)
+        name += f"-{self.guide}-guide" * (self.guide != DEFAULT_GUIDE)
         name += f"-{self.init}-init" * (self.init != DEFAULT_INITIALIZATION)
         return Path("runs") / name
 
