@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Start, or resume after a stop, the paper-budget runs of Burda et al.'s Table 1 (one stochastic
 # layer, --schedule burda in full: 3280 passes, K = 5000 on all 10,000 test images) that
-# benchmarks/full_schedule_runs.txt lists, each in the background on one thread. Run it again after any stop: a run with a checkpoint continues from its
-# last finished epoch, a finished run and one still training are left alone. Progress:
-# runs/full-schedule/*/history.csv.
+# benchmarks/full_schedule_runs.txt lists, each in the background on one thread. Run it again after
+# any stop: a run with a checkpoint continues from its last finished epoch, a finished run and one
+# still training are left alone. Progress: runs/full-schedule/*/history.csv.
 #
 #     bash benchmarks/full_schedule.sh [DATA_DIR]      # default ../shared/data
 #     bash benchmarks/full_schedule.sh --save          # keep the checkpoints in the repository

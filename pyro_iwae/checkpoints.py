@@ -27,15 +27,16 @@ from torch import nn
 
 from pyro_iwae.atomic import atomic_open
 from pyro_iwae.models import ARCHITECTURES, DEFAULT_GUIDE, DEFAULT_PRIOR, VAE
-from pyro_iwae.networks import DEFAULT_INITIALIZATION
 
 #: the columns of ``history.csv``, and their types
 HISTORY_FIELDS = {"epoch": int, "lr": float, "loss": float, "seconds": float}
 #: the fields of a training configuration that shape the :class:`VAE`, and their defaults for older checkpoints
 ARCHITECTURE_FIELDS = {"layers": None, "prior": DEFAULT_PRIOR, "guide": DEFAULT_GUIDE}
-#: fields added to the training configuration after checkpoints were written without them, whose value
-#: there was not None (fields added with a default of None read as None where they are missing)
-ADDED_FIELD_DEFAULTS = {"init": DEFAULT_INITIALIZATION}
+#: fields added to the training configuration after checkpoints were written without them, and the value
+#: those checkpoints were trained with where it was not None (fields added with a default of None read as
+#: None where they are missing): before ``--init`` every model started from ``nn.Linear``'s own weights,
+#: whatever ``--init``'s default becomes
+ADDED_FIELD_DEFAULTS = {"init": "pytorch"}
 
 
 class CheckpointError(RuntimeError):
