@@ -104,6 +104,9 @@ ZOOM_FROM_EPOCH = 100
 SELECTION = "spread"
 #: batch i of every evaluation draws from a seed made of this and i (``log_likelihood(..., seed=SEED)``)
 SEED = 0
+#: the fields that ``benchmarks/full_schedule.sh`` sets for every run (``--compile --snapshot-every 100
+#: --no-progress``): the table says so once, not in each run's command
+SCRIPT_FIELDS = ("compile", "snapshot_every", "progress")
 #: the status of a run that ``--final`` scores before it has finished
 FORCED = "unfinished, scored (--final)"
 
@@ -445,9 +448,19 @@ def save_final_weights(runs: list[Run], out: Path) -> dict[str, Path]:
     return saved
 
 
+def is_full_schedule(path: Path) -> bool:
+    """Whether ``path`` is a run directory of ``benchmarks/full_schedule.sh`` (``runs/full-schedule/<run>``)."""
+    return path.parent.name == "full-schedule"
+
+
 def training_command(run: Run, data_dir: str | None) -> str:
-    """The ``examples/mnist.py`` command that trains ``run``: its config's flags that are not the defaults."""
+    """
+    The ``examples/mnist.py`` command that trains ``run``: its config's flags that are not the defaults,
+    less :data:`SCRIPT_FIELDS` for a run of ``benchmarks/full_schedule.sh`` (the table names them once).
+    """
     config = {"data_dir": data_dir, **run.config, **(run.metrics["config"] if run.metrics is not None else {})}
+    if is_full_schedule(run.path):
+        config = {name: value for name, value in config.items() if name not in SCRIPT_FIELDS}
     return "python examples/mnist.py " + shlex.join(command_line({**config, "out": str(run.path)}))
 
 
@@ -572,7 +585,7 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
     if notes:
         text += ["", *notes]
     text += ["", "## Commands", "", "Training:", ""]
-    if any(Path(r["source"]).parent.name == "full-schedule" for r in records):
+    if any(is_full_schedule(Path(r["source"])) for r in records):
         text += [
             "    bash benchmarks/full_schedule.sh ../shared/data",
             "",

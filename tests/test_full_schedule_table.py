@@ -374,3 +374,16 @@ def test_a_count_of_images_is_spread_over_the_split():
     assert torch.equal(full_schedule_table.spread(images[:10], None), images[:10])
     assert torch.equal(full_schedule_table.spread(images[:10], 20), images[:10])
     assert torch.equal(full_schedule_table.spread(images[:10], 6), torch.tensor([0, 1, 3, 5, 6, 8]))  # not the first 6
+
+
+def test_a_full_schedule_run_lists_only_its_own_flags(tmp_path):
+    """The flags full_schedule.sh gives every run are named once in table.md, not in a finished run's command."""
+    metrics = {
+        "config": {"objective": "elbo", "particles": 1, "compile": True, "snapshot_every": 100, "progress": False}
+    }
+    for parent, script_flags in (("full-schedule", False), ("grid", True)):
+        run = full_schedule_table.Run("vae", tmp_path / parent / "vae", {"init": "glorot"}, metrics=metrics)
+        command = full_schedule_table.training_command(run, "../shared/data")
+        assert "--init glorot" in command and "--data-dir ../shared/data" in command
+        for flag in ("--compile", "--snapshot-every 100", "--no-progress"):
+            assert (flag in command) == script_flags, (parent, flag, command)
