@@ -610,9 +610,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
             "",
             f'model = pyro_iwae.load_model("{example}")',
             'test = pyro_iwae.load_dataset("mnist", "../shared/data").test',
-            "estimate = pyro_iwae.log_likelihood(",
-            f"    model.model, model.guide, test, num_particles=5000, batch_size=100, seed={SEED}",
-            ")",
+            "estimate = pyro_iwae.log_likelihood(model.model, model.guide, test, num_particles="
+            f"{settings['eval_particles']}, batch_size={settings['batch_size']}, seed={SEED})",
             'print("test NLL", -estimate.log_likelihood.mean().item())',
             "```",
             "",
