@@ -333,7 +333,7 @@ def run_tasks(tasks: list[Task], cache: EvaluationCache, data: Data, progress: b
         final = task.kind == "final"
         units = final and task.spec["split"] == "test"
         result = evaluate(stored, images, task.spec["particles"], task.spec["batch_size"], units, progress and final)
-        result["images"] = images.shape[0]  # what was scored; the spec's None means all
+        result["scored_images"] = images.shape[0]  # the spec's images stay the key: None means all
         cache.put(task.spec, dict(run=task.run.name, file=str(task.source), epoch=task.epoch, **result))
 
 
@@ -409,7 +409,7 @@ def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: li
             nll=-m["test_log_likelihood"],
             nll_stderr=m["test_log_likelihood_stderr"],
             particles=m["config"]["eval_particles"],
-            images=m["test_size"],
+            scored_images=m["test_size"],
             active_units=m["active_units"],
             source=f"`{run.path / 'metrics.json'}` (the evaluator examples/mnist.py runs after training)",
         )
@@ -422,13 +422,13 @@ def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: li
         test_nll=test["nll"],
         test_nll_stderr=test["nll_stderr"],
         test_particles=test["particles"],
-        test_images=test["images"],
+        test_images=test["scored_images"],
         test_source=test["source"],
         active_units=test["active_units"],
         train_nll=train["nll"],
         train_nll_stderr=train["nll_stderr"],
         train_particles=train["particles"],
-        train_images=train["images"],
+        train_images=train["scored_images"],
         gap=test["nll"] - train["nll"],
         gap_stderr=math.hypot(test["nll_stderr"], train["nll_stderr"]),
         machine=train["machine"],

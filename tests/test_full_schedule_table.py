@@ -196,6 +196,21 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     )
     assert not (out / "weights" / "unfinished.pt").exists()
 
+    # the README's re-scoring of a weights file, on all test images (--test-images' default); a rerun takes both
+    # scores from evaluations.json
+    weights_file = out / "weights" / "mnist-iwae-k5-1layer.pt"
+    rescored = tmp_path / "rescored"
+    for expected_test_nll in (nll(weights_file, dataset.test, 20), 321.0):
+        result = table_script(weights_file, "--data-dir", data_dir, "--out", rescored, *flags[-6:-4], *flags[-2:])
+        assert result.returncode == 0, result.stderr
+        (scored,) = json.loads((rescored / "results.json").read_text())["runs"]
+        assert (scored["test_images"], scored["train_images"]) == (10_000, 100)
+        assert scored["test_nll"] == pytest.approx(expected_test_nll, rel=1e-5)
+        assert scored["train_nll"] == pytest.approx(done["train_nll"], rel=1e-5)
+        cache = json.loads((rescored / "evaluations.json").read_text())
+        next(e for e in cache["evaluations"] if e["split"] == "test")["nll"] = 321.0
+        (rescored / "evaluations.json").write_text(json.dumps(cache))
+
     # a rerun takes what it scored before from evaluations.json, scores only new weights, and --final
     # scores the unfinished run from its latest weights
     cache_path = out / "evaluations.json"
