@@ -16,7 +16,7 @@ For every run directory it writes to ``--out``:
   snapshots are gone (a run resumed on a fresh machine from the checkpoint that
   ``benchmarks/full_schedule.sh --save`` kept) stay, from the ``curve.json`` written before.
 - ``unit_variances.png``: the histograms of log Var_x(E_q[z_u | x]) over the latent units of each
-  run's latest weights (Burda et al.'s appendix C).
+  run's latest weights (Burda et al.'s appendix C), whose active units an unfinished run's row shows.
 - for finished runs (with ``metrics.json``; ``--final`` treats the others as finished, from their
   latest weights): the test NLL with K = ``--eval-particles`` (5000) on all test images (from
   ``metrics.json`` where there is one), the train NLL with the same K on ``--train-images`` (10,000)
@@ -104,9 +104,15 @@ ZOOM_FROM_EPOCH = 100
 SELECTION = "spread"
 #: batch i of every evaluation draws from a seed made of this and i (``log_likelihood(..., seed=SEED)``)
 SEED = 0
-#: the fields that ``benchmarks/full_schedule.sh`` sets for every run (``--compile --snapshot-every 100
-#: --no-progress``): the table says so once, not in each run's command
+#: the fields that ``benchmarks/full_schedule.sh`` sets for every run: :data:`SCRIPT_FLAGS` says so once
+#: in the table, not in each run's command
 SCRIPT_FIELDS = ("compile", "snapshot_every", "progress")
+#: table.md's sentence on the flags of :data:`SCRIPT_FIELDS`, after the script's command line
+SCRIPT_FLAGS = (
+    "which runs each of these in the background on one thread (`OMP_NUM_THREADS=1`) with `--snapshot-every 100`"
+    " (the weights at least every 100 epochs, for the training curve), `--compile` (the same numbers to float"
+    " rounding, faster) and `--no-progress`, and resumes them after a stop:"
+)
 #: the status of a run that ``--final`` scores before it has finished
 FORCED = "unfinished, scored (--final)"
 
@@ -385,8 +391,17 @@ def kept_points(run: Run, previous: dict | None, scored_epochs: set[int]) -> lis
     return [p for p in previous["points"] if p["epoch"] not in scored_epochs and p["epoch"] <= len(losses)]
 
 
-def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: list[dict]) -> dict:
-    """``results.json``'s entry for one run: its final numbers if it has finished, else its progress."""
+def result(
+    run: Run,
+    tasks: list[Task],
+    cache: EvaluationCache,
+    curve_points: list[dict],
+    latest_variances: tuple[int, torch.Tensor] | None,
+) -> dict:
+    """
+    ``results.json``'s entry for one run: its final numbers if it has finished, else its progress
+    (with the active units of its last snapshot, from ``latest_variances``: :func:`latest_unit_variances`).
+    """
     record = dict(
         run=run.name,
         source=str(run.path),
@@ -401,6 +416,9 @@ def result(run: Run, tasks: list[Task], cache: EvaluationCache, curve_points: li
         latest_curve_point={key: curve_points[-1][key] for key in ("epoch", "test_nll")} if curve_points else None,
     )
     if record["status"] == "in progress":
+        if latest_variances is not None:
+            epoch, variances = latest_variances
+            record["latest_active_units"] = dict(epoch=epoch, count=int((variances > ACTIVITY_THRESHOLD).sum()))
         return record
     final = {t.spec["split"]: cache.get(t.spec) for t in tasks if t.run is run and t.kind == "final"}
     if run.metrics is not None:
@@ -534,7 +552,9 @@ def format_table(records: list[dict], settings: dict) -> str:
                 if point
                 else "–"
             )
-            row = [r["label"], f"in progress, epoch {r['epochs']}{planned}", latest, *references, "–", "–", "–"]
+            units = r.get("latest_active_units")
+            units = f"{units['count']} at epoch {units['epoch']}" if units else "–"
+            row = [r["label"], f"in progress, epoch {r['epochs']}{planned}", latest, *references, "–", "–", units]
             row.append(f"{hours} so far")
         rows.append(row)
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
@@ -571,7 +591,8 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         " (`pyro_iwae.data.binarize`);"
         f" the train–test gap is test NLL − train NLL ({PAPER_GAP} nats for Burda et al.'s models, as quoted to"
         " us: not checked against the paper). Active units:"
-        f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD} on the test images. Training time: the sum of"
+        f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD} on the test images, for the final weights (an unfinished run:"
+        " its latest snapshot, at the epoch named). Training time: the sum of"
         " `history.csv`'s epoch times."
         f" Every evaluation here draws batch i of its images from a seed made of {SEED} and i"
         f" (`log_likelihood(..., seed={SEED})`). 'Burda et al.': Table 1 of the paper"
@@ -589,9 +610,7 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         text += [
             "    bash benchmarks/full_schedule.sh ../shared/data",
             "",
-            "which runs each of these in the background on one thread (`OMP_NUM_THREADS=1`) with `--snapshot-every"
-            " 100` (the weights every 100 epochs, for the training curve), `--compile` (the same numbers to float"
-            " rounding, faster) and `--no-progress`, and resumes them after a stop:",
+            SCRIPT_FLAGS,
             "",
         ]
     text += [f"    {command}" for command in commands["training"].values()]
@@ -626,10 +645,11 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
     return text
 
 
-def plot_unit_activity(runs: list[Run], data: Data, num_images: int | None, path: Path) -> None:
+def latest_unit_variances(runs: list[Run], data: Data, num_images: int | None) -> dict[str, tuple[int, torch.Tensor]]:
     """
-    The histograms of Burda et al.'s appendix C (:func:`pyro_iwae.plots.plot_unit_variances`) for each
-    run's latest weights (the final ones, else its last snapshot), over ``num_images`` test images (:func:`spread`).
+    Var_x(E_q[z_u | x]) of every latent unit (:func:`pyro_iwae.evaluation.unit_variances`, the layers'
+    units one after the other) for each run's latest weights (the final ones, else its last snapshot),
+    over ``num_images`` test images (:func:`spread`): ``{run name: (epoch, [units] variances)}``.
     """
     variances = {}
     for run in runs:
@@ -637,10 +657,8 @@ def plot_unit_activity(runs: list[Run], data: Data, num_images: int | None, path
         if stored is not None:
             test = data.images(run.config.get("dataset", "mnist"), "test", num_images)
             per_layer = unit_variances(stored.model(data.device).guide, test)
-            variances[f"{run.display}, epoch {stored.epoch}"] = torch.cat(list(per_layer.values()))
-    if variances:
-        images = "all" if num_images is None else str(num_images)
-        plot_unit_variances(variances, path, title=f"activity of the latent units on {images} test images")
+            variances[run.name] = stored.epoch, torch.cat(list(per_layer.values()))
+    return variances
 
 
 def main(args: argparse.Namespace) -> str:
@@ -667,9 +685,18 @@ def main(args: argparse.Namespace) -> str:
     write_json(curve_path, {"settings": settings, "runs": curves})
     if any(c["points"] or c["loss"]["epoch"] for c in curves.values()):
         plot_curves(curves, settings, out / "training_curves.png")
-    plot_unit_activity(runs, data, args.test_images, out / "unit_variances.png")
+    variances = latest_unit_variances(runs, data, args.test_images)
+    if variances:  # Burda et al.'s appendix C
+        histograms = {}
+        for run in runs:
+            if run.name in variances:
+                epoch, latest = variances[run.name]
+                histograms[f"{run.display}, epoch {epoch}"] = latest
+        images = "all" if args.test_images is None else str(args.test_images)
+        title = f"activity of the latent units on {images} test images"
+        plot_unit_variances(histograms, out / "unit_variances.png", title=title)
 
-    records = [result(run, tasks, cache, curves[run.name]["points"]) for run in runs]
+    records = [result(run, tasks, cache, curves[run.name]["points"], variances.get(run.name)) for run in runs]
     weights = save_final_weights(runs, out)
     for record in records:
         if record["run"] in weights:

@@ -3,6 +3,8 @@
 ``benchmarks/full_schedule_table.py`` end to end on a tiny run of real MNIST.
 """
 
+import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ from pyro_iwae.checkpoints import (
 )
 from pyro_iwae.data import binarize, load_dataset
 from pyro_iwae.evaluation import active_units
-from pyro_iwae.experiments.config import RunConfig
+from pyro_iwae.experiments.config import RunConfig, command_line
 from pyro_iwae.models import ARCHITECTURES, VAE
 from pyro_iwae.objectives import make_objective
 from pyro_iwae.priors import MixtureOfGaussiansPrior
@@ -175,6 +177,10 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert (running["status"], running["epochs"], running["planned_epochs"]) == ("in progress", 2, 3280)
     assert running["latest_curve_point"] == {"epoch": 2, "test_nll": points[2]["test_nll"]}
     assert "test_nll" not in running
+    # its active units: those of its latest snapshot
+    pyro.set_rng_seed(0)
+    units = active_units(pyro_iwae.load_model(unfinished / "weights" / "epoch-0002.pt").guide, test)
+    assert running["latest_active_units"] == {"epoch": 2, "count": sum(int(u.sum()) for u in units.values())}
 
     table = (out / "table.md").read_text()
     row = (
@@ -185,7 +191,7 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert row in table
     assert (
         f"| IWAE, k = 5 (unfinished) | in progress, epoch 2 of 3280 | {points[2]['test_nll']:.2f} at epoch 2"
-        " (K = 10, 50 images) | 85.54 | 85.18 | – | – | – |"
+        f" (K = 10, 50 images) | 85.54 | 85.18 | – | – | {running['latest_active_units']['count']} at epoch 2 |"
     ) in table
     assert "python benchmarks/full_schedule_table.py" in table and "pyro_iwae.load_model(" in table
     for picture in ("training_curves.png", "unit_variances.png"):
@@ -276,37 +282,16 @@ def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
     assert result.stderr.startswith("error: no such run directory, checkpoint or weights file:")
 
 
-def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
+def full_schedule_sandbox(tmp_path, runs: str):
     """
-    ``full_schedule.sh --save`` keeps the checkpoints in the tree, a tree without ``runs/`` resumes
-    from them, of a kept checkpoint and one in ``runs/`` the further one wins both ways, and a run
-    still training is not started twice.
+    ``benchmarks/full_schedule.sh`` in ``tmp_path``, with ``runs`` as its list of runs and a ``python``
+    that records the arguments of what the script starts instead of training. Returns ``script(*args)``,
+    which runs the script and returns its output, and ``started()``, the arguments it last started a run with.
     """
     (tmp_path / "benchmarks").mkdir()
     shutil.copy(ROOT / "benchmarks" / "full_schedule.sh", tmp_path / "benchmarks")
-    (tmp_path / "benchmarks" / "full_schedule_runs.txt").write_text(
-        "# name flags\n"
-        "mnist-elbo-k1-1layer --objective elbo --particles 1\n"
-        "mnist-iwae-k5-1layer --objective iwae --particles 5\n"
-        "\n"
-        "mnist-elbo-k1-1layer-glorot --objective elbo --particles 1 --init glorot\n"
-    )
-    kept = tmp_path / "benchmarks" / "results" / "table1-mnist-full-schedule" / "checkpoints"
-    runs = tmp_path / "runs" / "full-schedule"
-
-    def checkpoint(path, epochs):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(dict(config={}, module={}, history=[{"epoch": i + 1} for i in range(epochs)]), path)
-
-    def epochs(path):
-        return len(torch.load(path)["history"])
-
-    glorot = "mnist-elbo-k1-1layer-glorot"
-    for name, trained in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970), (glorot, 3280)):
-        checkpoint(runs / name / "checkpoint.pt", trained)
-    for name in ("mnist-elbo-k1-1layer", glorot):
-        (runs / name / "metrics.json").write_text("{}")
-    bin_dir = tmp_path / "bin"  # a python that records its arguments instead of training
+    (tmp_path / "benchmarks" / "full_schedule_runs.txt").write_text(runs)
+    bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(
         f'#!/bin/sh\n[ "$1" = -c ] && exec {sys.executable} "$@"\necho "$@" >> {tmp_path}/started\n'
@@ -328,6 +313,38 @@ def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
             time.sleep(0.1)
         raise AssertionError("no run was started")
 
+    return script, started
+
+
+def test_full_schedule_keeps_its_runs_across_a_fresh_machine(tmp_path):
+    """
+    ``full_schedule.sh --save`` keeps the checkpoints in the tree, a tree without ``runs/`` resumes
+    from them, of a kept checkpoint and one in ``runs/`` the further one wins both ways, and a run
+    still training is not started twice.
+    """
+    script, started = full_schedule_sandbox(
+        tmp_path,
+        "# name flags\n"
+        "mnist-elbo-k1-1layer --objective elbo --particles 1\n"
+        "mnist-iwae-k5-1layer --objective iwae --particles 5\n"
+        "\n"
+        "mnist-elbo-k1-1layer-glorot --objective elbo --particles 1 --init glorot\n",
+    )
+    kept = tmp_path / "benchmarks" / "results" / "table1-mnist-full-schedule" / "checkpoints"
+    runs = tmp_path / "runs" / "full-schedule"
+
+    def checkpoint(path, epochs):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(dict(config={}, module={}, history=[{"epoch": i + 1} for i in range(epochs)]), path)
+
+    def epochs(path):
+        return len(torch.load(path)["history"])
+
+    glorot = "mnist-elbo-k1-1layer-glorot"
+    for name, trained in (("mnist-elbo-k1-1layer", 3280), ("mnist-iwae-k5-1layer", 970), (glorot, 3280)):
+        checkpoint(runs / name / "checkpoint.pt", trained)
+    for name in ("mnist-elbo-k1-1layer", glorot):
+        (runs / name / "metrics.json").write_text("{}")
     assert "mnist-iwae-k5-1layer.pt: epoch 970" in script("--save")
     assert sorted(path.name for path in kept.iterdir()) == [
         "mnist-elbo-k1-1layer-glorot.metrics.json",
@@ -403,3 +420,20 @@ def test_a_full_schedule_run_lists_only_its_own_flags(tmp_path):
         assert "--init glorot" in command and "--data-dir ../shared/data" in command
         for flag in ("--compile", "--snapshot-every 100", "--no-progress"):
             assert (flag in command) == script_flags, (parent, flag, command)
+
+
+def test_the_table_names_the_flags_full_schedule_gives_every_run(tmp_path):
+    """SCRIPT_FIELDS and the table's sentence on them are what full_schedule.sh adds to each run's own flags."""
+    script, started = full_schedule_sandbox(tmp_path, "vae --objective elbo --particles 1 --init glorot\n")
+    script("DATA")
+    arguments = started()
+    assert arguments[0] == "examples/mnist.py"
+    args = RunConfig.add_arguments(argparse.ArgumentParser()).parse_args(arguments[1:])
+    defaults = {spec.name: spec.default for spec in dataclasses.fields(RunConfig)}
+    added = {name for name, value in vars(args).items() if value != defaults[name]}
+    # the run's own flags; the schedule, which each run's command keeps; where the run reads and writes
+    added -= {"objective", "particles", "init", "schedule", "data_dir", "out"}
+    assert added == set(full_schedule_table.SCRIPT_FIELDS)
+    for name in full_schedule_table.SCRIPT_FIELDS:
+        flag = " ".join(command_line({name: getattr(args, name)}, always=()))
+        assert f"`{flag}`" in full_schedule_table.SCRIPT_FLAGS, flag
