@@ -62,6 +62,7 @@ from pyro_iwae.atomic import atomic_open
 from pyro_iwae.checkpoints import (
     ADDED_FIELD_DEFAULTS,
     ARCHITECTURE_FIELDS,
+    CheckpointError,
     StoredWeights,
     read_history,
     read_weights,
@@ -179,6 +180,12 @@ def read_run(path: Path, final: bool) -> Run:
 
     :param final: read its latest weights as the final ones even if it has no ``metrics.json``.
     """
+    if is_full_schedule(path) and not path.exists():
+        raise CheckpointError(
+            f"no run directory {path}: `bash benchmarks/full_schedule.sh` restores the runs there from their kept"
+            f" checkpoints (and trains the unfinished ones on); to score only the committed weights, pass them:"
+            f" {OUT}/weights/*.pt"
+        )
     stored = read_weights(path)
     if path.is_file():
         return Run(path.stem, path, stored.config, final=stored)

@@ -280,6 +280,10 @@ def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
     result = table_script(tmp_path / "nowhere", "--out", tmp_path / "out")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: no such run directory, checkpoint or weights file:")
+    # a clone without runs/: the table's default runs say how to get them
+    result = table_script(tmp_path / "runs" / "full-schedule" / "vae", "--out", tmp_path / "out")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "bash benchmarks/full_schedule.sh` restores the runs" in result.stderr
 
 
 def full_schedule_sandbox(tmp_path, runs: str):
