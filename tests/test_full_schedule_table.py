@@ -441,3 +441,13 @@ def test_the_table_names_the_flags_full_schedule_gives_every_run(tmp_path):
     for name in full_schedule_table.SCRIPT_FIELDS:
         flag = " ".join(command_line({name: getattr(args, name)}, always=()))
         assert f"`{flag}`" in full_schedule_table.SCRIPT_FLAGS, flag
+
+
+def test_the_readme_shows_the_committed_table():
+    """The README's paper-budget table is the committed table.md's, row for row."""
+    table_md = ROOT / full_schedule_table.OUT / "table.md"
+    rows = [line for line in table_md.read_text().splitlines() if line.startswith("|")]
+    readme = (ROOT / "README.md").read_text().splitlines()
+    assert rows[0] in readme, "README.md lacks the table of table.md"
+    start = readme.index(rows[0])
+    assert readme[start : start + len(rows)] == rows, "README.md's table differs from table.md's: copy it over"
