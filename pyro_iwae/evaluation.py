@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -143,7 +144,7 @@ def log_likelihood(
         with torch.no_grad():
             nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
     except Exception as error:
-        _explain_autoguide_in_batches(error, guide, batches[0][0].shape[0], num_data)
+        _explain_failure_in_batches(error, guide, batches[0][0].shape[0], num_data)
         raise
     passes = _Passes(model, guide, nesting if max_plate_nesting is None else max_plate_nesting, compile, kwargs)
     estimates = []
@@ -165,7 +166,7 @@ def log_likelihood(
             try:
                 estimates.append(_estimate(passes, batch, num_particles, particle_chunk_size))
             except Exception as error:
-                _explain_autoguide_in_batches(error, guide, batch[0].shape[0], num_data)
+                _explain_failure_in_batches(error, guide, batch[0].shape[0], num_data)
                 raise
             bar.update(batch[0].shape[0])
     return ImportanceEstimate(*(torch.cat(estimate) for estimate in zip(*estimates)))
@@ -215,29 +216,40 @@ def _batches(
     return list(zip(*(arg.split(batch_size) for arg in args))) if num_rows else []
 
 
-def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
+def _explain_failure_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
     """
-    After ``error`` on a batch of ``rows`` of the ``num_data`` rows: where the guide is an autoguide
-    (``AutoNormal``, ``AutoNormalMessenger``) and the error a shape mismatch in it (or its plates'
-    scales), raise a :class:`DataPlateError` that says why, from ``error``: it keeps a parameter per
-    data point. Else return, for the caller to raise ``error``.
+    After ``error`` on a batch of ``rows`` of the ``num_data`` rows, raise a :class:`DataPlateError`
+    that says why (from ``error``) where scoring in batches explains it: the guide is an autoguide
+    (``AutoNormal``, ``AutoNormalMessenger``), which keeps a parameter per data point, and the error is a
+    shape mismatch in it (or its plates' scales); or the error is a shape mismatch that names
+    ``num_data``, as a data plate sized for the whole data set (``pyro.plate("data", num_data)``) gives.
+    Else return, for the caller to raise ``error``.
     """
-    if not isinstance(guide, (AutoGuide, AutoMessenger)) or rows >= num_data:
+    if rows >= num_data:
         return
     message = str(error)
-    if isinstance(error, DataPlateError):
-        if not message.startswith("the sites have different scales"):
-            return
-    elif not any(word in message.lower() for word in ("shape", "broadcast", "expand")):  # validated or not
-        return
-    plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
-    raise DataPlateError(
-        f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
-        " parameter per data point, for the data it was built on, so it can score them in batches only through"
-        " a model whose data plate takes subsample=indices (pyro.plate('data', size, subsample=indices), the"
-        f" indices passed as data too), with the guide given those indices{plates}: else pass"
-        f" batch_size={num_data}."
-    ) from error
+    # Pyro's "Shape mismatch" where validated, torch's own broadcasting error where not
+    shape_error = not isinstance(error, DataPlateError) and any(
+        word in message.lower() for word in ("shape", "broadcast", "expand", "size of tensor")
+    )
+    if isinstance(guide, (AutoGuide, AutoMessenger)) and (
+        shape_error or message.startswith("the sites have different scales")
+    ):
+        plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
+        raise DataPlateError(
+            f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
+            " parameter per data point, for the data it was built on, so it can score them in batches only"
+            " through a model whose data plate takes subsample=indices (pyro.plate('data', size,"
+            f" subsample=indices), the indices passed as data too), with the guide given those indices{plates}:"
+            f" else pass batch_size={num_data}."
+        ) from error
+    if shape_error and re.search(rf"\b{num_data}\b", message):
+        raise DataPlateError(
+            f"the model or the guide failed on a batch of {rows} of the {num_data} rows with a shape error that"
+            f" names {num_data}: if its data plate has the size of the whole data set (pyro.plate('data',"
+            f" {num_data})), it cannot hold a batch: size it from the batch (pyro.plate('data', x.shape[0])),"
+            f" give it subsample=indices with the indices passed as data too, or pass batch_size={num_data}."
+        ) from error
 
 
 class _Passes:

@@ -799,6 +799,36 @@ def test_the_evaluator_refuses_a_plate_that_does_not_cover_the_batch():
         log_likelihood(model, AutoNormal(model), data, num_particles=4, batch_size=40, subsample_size=8)
 
 
+def test_a_data_plate_sized_for_the_whole_data_set_is_told_to_take_its_size_from_the_batch():
+    fa = Factor()
+    data = fa.data(12)
+
+    def model(x):
+        with pyro.plate("data", 12):  # the data set's size, written in: fine at batch_size=12 only
+            z = pyro.sample("z", dist.Normal(x.new_zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
+    def guide_of_the_same_size(x):
+        loc, scale_tril = fa.posterior(x)
+        with pyro.plate("data", 12):
+            pyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+
+    guide = factor_guide(fa)  # the exact posterior, in a plate sized from the batch
+    for exact_guide in (guide, guide_of_the_same_size):
+        whole = log_likelihood(model, exact_guide, data, num_particles=3, batch_size=12).log_likelihood
+        assert near(whole, fa.log_marginal(data))
+    # in batches: the plates of both sized 12 fail on 5 rows (Pyro's "not broadcastable", or torch's own
+    # error unvalidated)
+    message = "failed on a batch of 5 of the 12 rows.*pyro.plate\\('data', x.shape\\[0\\]\\).*batch_size=12"
+    for validation in (True, False):
+        with pyro.validation_enabled(validation), pytest.raises(DataPlateError, match=message):
+            log_likelihood(model, guide_of_the_same_size, data, num_particles=3, batch_size=5)
+    # the guide's plate sized 5 from the batch: Pyro makes the model's a subsample of 5 of 12, scaled by 12 / 5
+    message = "scales \\(z: 2.4, x: 2.4, z: 1\\).*the model's data plate has size 12 and the guide's 5"
+    with pytest.raises(DataPlateError, match=message):
+        log_likelihood(model, guide, data, num_particles=3, batch_size=5)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # discrete latents: exact by enumeration, and an unbiased gradient
 
