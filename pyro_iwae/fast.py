@@ -181,7 +181,9 @@ class DiagonalNormalMixture(TorchDistribution):
     whose ``log_prob`` forms an ``[N, num_components, dim]`` tensor for ``N`` points: here the
     squared distances to all components are formed with two matrix products
     (``[N, dim] @ [dim, num_components]``), so a VampPrior with 500 components fits in the
-    evaluator's memory.
+    evaluator's memory. They are formed in float64: expanded, ``z^2/scale^2 - 2 z loc/scale^2 +
+    loc^2/scale^2`` cancels, and in float32 a point near a narrow component (scale 0.01, as the
+    encoder's Gaussians that a VampPrior mixes reach) far from 0 loses nats.
 
     :param mixture_logits: ``[num_components]`` unnormalized log weights ``log pi``.
     :param loc: ``[num_components, dim]``.
@@ -226,14 +228,12 @@ class DiagonalNormalMixture(TorchDistribution):
         """
         if self._validate_args:
             self._validate_sample(value)
-        precision = self.scale.pow(-2)  # [num_components, dim]
+        dtype = torch.promote_types(value.dtype, self.loc.dtype)
+        z, loc, precision = value.double(), self.loc.double(), self.scale.double().pow(-2)  # [num_components, dim]
         # sum_d (z_d - loc_jd)^2 / scale_jd^2, expanded: z^2 . precision - 2 z . loc*precision + loc^2 . precision
-        squared_distance = (
-            value.pow(2) @ precision.T - 2 * value @ (self.loc * precision).T + (self.loc.pow(2) * precision).sum(-1)
-        )
-        log_normal = (
-            -0.5 * squared_distance - self.scale.log().sum(-1) - 0.5 * self.loc.shape[-1] * math.log(2 * math.pi)
-        )
+        squared_distance = z.pow(2) @ precision.T - 2 * z @ (loc * precision).T + (loc.pow(2) * precision).sum(-1)
+        log_normalizer = self.scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)
+        log_normal = -0.5 * squared_distance.to(dtype) - log_normalizer
         log_prob = torch.logsumexp(log_normal + self.mixture_logits.log_softmax(-1), -1)
         return log_prob.expand(torch.broadcast_shapes(log_prob.shape, self.batch_shape))
 

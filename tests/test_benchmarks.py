@@ -74,6 +74,7 @@ def test_kernels_compares_each_choice_with_its_default():
         "| Tanh (2 sigmoid(2x) - 1)",
         "| BernoulliPixels(logits).log_prob",
         "| DiagonalNormal(loc, scale), expand, log_prob",
+        "| DiagonalNormalMixture(logits, loc, scale).log_prob",
         "| Adam step, fused (make_optimizer)",
     ]
 

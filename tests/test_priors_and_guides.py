@@ -38,6 +38,24 @@ def test_mixture_log_prob_matches_the_direct_sum_over_components():
     assert torch.allclose(DiagonalNormalMixture(logits, loc, scale).log_prob(z), direct, atol=1e-3)
 
 
+@pytest.mark.parametrize("loc_offset", [0.0, 20.0])
+def test_mixture_log_prob_in_float32_keeps_narrow_components_far_from_zero_exact(loc_offset):
+    # the encoder's Gaussians that a VampPrior mixes reach scales of 0.01; expanded in float32, the squared
+    # distance z^2/s^2 - 2 z m/s^2 + m^2/s^2 lost up to 1.3 nats here (17 with the means near 20)
+    torch.manual_seed(0)
+    loc = loc_offset + 3 * torch.randn(10, 50)
+    scale = torch.full((10, 50), 0.01)
+    logits = torch.randn(10)
+    z = loc[torch.randint(10, (200,))] + 0.01 * torch.randn(200, 50)  # where the mixture has its mass
+    reference = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(logits=logits.double()),
+        torch.distributions.Independent(torch.distributions.Normal(loc.double(), scale.double()), 1),
+    ).log_prob(z.double())
+    log_prob = DiagonalNormalMixture(logits, loc, scale).log_prob(z)
+    assert log_prob.dtype == torch.float32
+    assert torch.allclose(log_prob.double(), reference, rtol=0, atol=1e-3)
+
+
 def test_mixture_integrates_to_one_and_samples_match_its_moments():
     torch.manual_seed(0)
     logits = torch.tensor([0.0, 1.0, -0.5], dtype=torch.float64)
