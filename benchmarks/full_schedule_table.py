@@ -668,6 +668,23 @@ def latest_unit_variances(runs: list[Run], data: Data, num_images: int | None) -
     return variances
 
 
+def plot_unit_activity(
+    runs: list[Run], variances: dict[str, tuple[int, torch.Tensor]], num_images: int | None, path: Path
+) -> None:
+    """
+    The histograms of Burda et al.'s appendix C (:func:`pyro_iwae.plots.plot_unit_variances`) of the
+    ``variances`` of :func:`latest_unit_variances` over ``num_images`` test images, one per run.
+    """
+    histograms = {}
+    for run in runs:
+        if run.name in variances:
+            epoch, latest = variances[run.name]
+            histograms[f"{run.display}, epoch {epoch}"] = latest
+    if histograms:
+        images = "all" if num_images is None else str(num_images)
+        plot_unit_variances(histograms, path, title=f"activity of the latent units on {images} test images")
+
+
 def main(args: argparse.Namespace) -> str:
     device = resolve_device(args.device)
     out = Path(args.out)
@@ -693,15 +710,7 @@ def main(args: argparse.Namespace) -> str:
     if any(c["points"] or c["loss"]["epoch"] for c in curves.values()):
         plot_curves(curves, settings, out / "training_curves.png")
     variances = latest_unit_variances(runs, data, args.test_images)
-    if variances:  # Burda et al.'s appendix C
-        histograms = {}
-        for run in runs:
-            if run.name in variances:
-                epoch, latest = variances[run.name]
-                histograms[f"{run.display}, epoch {epoch}"] = latest
-        images = "all" if args.test_images is None else str(args.test_images)
-        title = f"activity of the latent units on {images} test images"
-        plot_unit_variances(histograms, out / "unit_variances.png", title=title)
+    plot_unit_activity(runs, variances, args.test_images, out / "unit_variances.png")
 
     records = [result(run, tasks, cache, curves[run.name]["points"], variances.get(run.name)) for run in runs]
     weights = save_final_weights(runs, out)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -31,11 +30,18 @@ import torch
 from pyro import poutine
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.effect import AutoMessenger
+from pyro.poutine.subsample_messenger import _Subsample
 from pyro.poutine.util import prune_subsample_sites
 from tqdm.auto import tqdm
 
 from pyro_iwae.compiled import CompiledFunction
-from pyro_iwae.importance import PARTICLE_PLATE, DataPlateError, guess_max_plate_nesting, log_importance_weights
+from pyro_iwae.importance import (
+    PARTICLE_PLATE,
+    PLATE_SIZES_DIFFER,
+    DataPlateError,
+    guess_max_plate_nesting,
+    log_importance_weights,
+)
 from pyro_iwae.validation import positive_integer
 
 
@@ -144,7 +150,7 @@ def log_likelihood(
         with torch.no_grad():
             nesting = guess_max_plate_nesting(model, guide, *batches[0], **kwargs)
     except Exception as error:
-        _explain_failure_in_batches(error, guide, batches[0][0].shape[0], num_data)
+        _explain_failure_in_batches(error, model, guide, batches[0], kwargs, num_data)
         raise
     passes = _Passes(model, guide, nesting if max_plate_nesting is None else max_plate_nesting, compile, kwargs)
     estimates = []
@@ -166,7 +172,7 @@ def log_likelihood(
             try:
                 estimates.append(_estimate(passes, batch, num_particles, particle_chunk_size))
             except Exception as error:
-                _explain_failure_in_batches(error, guide, batch[0].shape[0], num_data)
+                _explain_failure_in_batches(error, model, guide, batch, kwargs, num_data)
                 raise
             bar.update(batch[0].shape[0])
     return ImportanceEstimate(*(torch.cat(estimate) for estimate in zip(*estimates)))
@@ -216,39 +222,76 @@ def _batches(
     return list(zip(*(arg.split(batch_size) for arg in args))) if num_rows else []
 
 
-def _explain_failure_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
+def _explain_failure_in_batches(
+    error: Exception, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], kwargs: dict, num_data: int
+) -> None:
     """
-    After ``error`` on a batch of ``rows`` of the ``num_data`` rows, raise a :class:`DataPlateError`
-    that says why (from ``error``) where scoring in batches explains it: the guide is an autoguide
-    (``AutoNormal``, ``AutoNormalMessenger``), which keeps a parameter per data point, and the error is a
-    shape mismatch in it (or its plates' scales); or the error is a shape mismatch that names
-    ``num_data``, as a data plate sized for the whole data set (``pyro.plate("data", num_data)``) gives.
-    Else return, for the caller to raise ``error``.
+    After ``error`` on ``batch``, one of the batches of the ``num_data`` rows: raise, from it, a
+    :class:`DataPlateError` that says why, where scoring in batches is the cause
+    (:func:`_explain_autoguide_in_batches`, :func:`_explain_a_data_plate_of_every_row`); else return,
+    for the caller to raise ``error``.
     """
-    if rows >= num_data:
+    rows = batch[0].shape[0]
+    if rows < num_data:
+        _explain_autoguide_in_batches(error, guide, rows, num_data)
+        _explain_a_data_plate_of_every_row(error, model, guide, batch, kwargs, num_data)
+
+
+def _explain_autoguide_in_batches(error: Exception, guide: Callable, rows: int, num_data: int) -> None:
+    """
+    Where the guide is an autoguide (``AutoNormal``, ``AutoNormalMessenger``) and ``error`` a shape
+    mismatch in it (or its plates' sizes or scales), raise a :class:`DataPlateError` that says why:
+    it keeps a parameter per data point.
+    """
+    if not isinstance(guide, (AutoGuide, AutoMessenger)):
         return
     message = str(error)
-    # Pyro's "Shape mismatch" where validated, torch's own broadcasting error where not
-    shape_error = not isinstance(error, DataPlateError) and any(
-        word in message.lower() for word in ("shape", "broadcast", "expand", "size of tensor")
-    )
-    if isinstance(guide, (AutoGuide, AutoMessenger)) and (
-        shape_error or message.startswith("the sites have different scales")
-    ):
-        plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
+    if isinstance(error, DataPlateError):
+        if not message.startswith(("the sites have different scales", PLATE_SIZES_DIFFER)):
+            return
+    elif not any(word in message.lower() for word in ("shape", "broadcast", "expand")):  # validated or not
+        return
+    plates = " (AutoNormal(model, create_plates=...))" if isinstance(guide, AutoGuide) else ""
+    raise DataPlateError(
+        f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
+        " parameter per data point, for the data it was built on, so it can score them in batches only through"
+        " a model whose data plate takes subsample=indices (pyro.plate('data', size, subsample=indices), the"
+        f" indices passed as data too), with the guide given those indices{plates}: else pass"
+        f" batch_size={num_data}."
+    ) from error
+
+
+def _explain_a_data_plate_of_every_row(
+    error: Exception, model: Callable, guide: Callable, batch: tuple[torch.Tensor, ...], kwargs: dict, num_data: int
+) -> None:
+    """
+    Where the model or the guide, run alone on ``batch``, opens a plate of ``num_data`` elements
+    (``pyro.plate("data", num_data)``, sized for every row, not for the batch), raise a
+    :class:`DataPlateError` that names it. The random number generators are left as they were.
+    """
+    if isinstance(error, DataPlateError):
+        return
+    plates = []
+    rng_state = pyro.util.get_rng_state()
+    try:
+        for role, function in (("model", model), ("guide", guide)):
+            with poutine.block(), poutine.trace() as tracer:
+                try:
+                    function(*batch, **kwargs)
+                except Exception:  # it fails where it fails: the plates opened before are in the trace
+                    pass
+            plates += [
+                f"the {role}'s pyro.plate({name!r}, {site['fn'].size})"
+                for name, site in tracer.trace.nodes.items()
+                if isinstance(site["fn"], _Subsample) and site["value"] is not None and len(site["value"]) == num_data
+            ]
+    finally:
+        pyro.util.set_rng_state(rng_state)
+    if plates:
         raise DataPlateError(
-            f"{type(guide).__name__} failed on a batch of {rows} of the {num_data} rows. An autoguide keeps a"
-            " parameter per data point, for the data it was built on, so it can score them in batches only"
-            " through a model whose data plate takes subsample=indices (pyro.plate('data', size,"
-            f" subsample=indices), the indices passed as data too), with the guide given those indices{plates}:"
-            f" else pass batch_size={num_data}."
-        ) from error
-    if shape_error and re.search(rf"\b{num_data}\b", message):
-        raise DataPlateError(
-            f"the model or the guide failed on a batch of {rows} of the {num_data} rows with a shape error that"
-            f" names {num_data}: if its data plate has the size of the whole data set (pyro.plate('data',"
-            f" {num_data})), it cannot hold a batch: size it from the batch (pyro.plate('data', x.shape[0])),"
-            f" give it subsample=indices with the indices passed as data too, or pass batch_size={num_data}."
+            f"{' and '.join(plates)} holds {num_data} data points, all the rows, but is given a batch of"
+            f" {batch[0].shape[0]} of them: size the data plate from the batch (pyro.plate('data', x.shape[0])),"
+            f" or give it subsample=indices with the indices passed as data too, or pass batch_size={num_data}."
         ) from error
 
 

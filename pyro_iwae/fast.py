@@ -229,7 +229,8 @@ class DiagonalNormalMixture(TorchDistribution):
         if self._validate_args:
             self._validate_sample(value)
         dtype = torch.promote_types(value.dtype, self.loc.dtype)
-        z, loc, precision = value.double(), self.loc.double(), self.scale.double().pow(-2)  # [num_components, dim]
+        z = value.double()  # [..., dim]
+        loc, precision = self.loc.double(), self.scale.double().pow(-2)  # [num_components, dim]
         # sum_d (z_d - loc_jd)^2 / scale_jd^2, expanded: z^2 . precision - 2 z . loc*precision + loc^2 . precision
         squared_distance = z.pow(2) @ precision.T - 2 * z @ (loc * precision).T + (loc.pow(2) * precision).sum(-1)
         log_normalizer = self.scale.log().sum(-1) + 0.5 * loc.shape[-1] * math.log(2 * math.pi)

@@ -49,6 +49,8 @@ from pyro.poutine.indep_messenger import CondIndepStackFrame
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
+#: how :func:`check_data_plate`'s refusal of a model's and a guide's data plates of different sizes begins
+PLATE_SIZES_DIFFER = "the model's and the guide's data plates have different sizes"
 #: our particle plate (named apart from any plate of a user's), and the one Pyro's ELBOs add with
 #: ``vectorize_particles=True``
 PARTICLE_PLATE, PYRO_PARTICLE_PLATE = "_pyro_iwae_particles", "num_particles_vectorized"
@@ -210,7 +212,6 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
     if not isinstance(log_p, torch.Tensor):  # no observation in the model
         log_p = torch.zeros(shape)
     log_weights = log_p
-    num_model_sites = len(scales)
     for name, site in _sample_sites(guide_trace):
         # where the model masks a variable out (obs_mask's x_unobserved at the observed entries), the guide's
         # draws there are in no density of the model: they integrate out of q, so they leave the weight too
@@ -223,7 +224,11 @@ def importance_weights(model_trace: Trace, guide_trace: Trace) -> ImportanceWeig
         if not site["fn"].has_rsample:
             proposal = proposal + log_q_site
     if len({scale for _, scale in scales}) > 1:
-        _refuse_different_scales(scales, num_model_sites, data_plate.size)
+        raise DataPlateError(
+            f"the sites have different scales ({', '.join(f'{n}: {s:g}' for n, s in scales)}): the IWAE"
+            " bound weighs a whole data point at once, so poutine.scale must cover every site of the model and"
+            " the guide alike (a subsampled data plate does that)."
+        )
     if not isinstance(log_q, torch.Tensor):  # an empty guide: the model proposes every latent
         log_q = torch.zeros_like(log_p)
     return ImportanceWeights(
@@ -327,6 +332,14 @@ def check_data_plate(model_trace: Trace, guide_trace: Trace) -> CondIndepStackFr
                 f" sites in one of size {data_plate.size} at dim {data_plate.dim}: the model and the guide must use"
                 " the same data plate (same size, same dim)."
             )
+        if frame.full_size != data_plate.full_size:
+            # replayed against a guide's plate of another size, a model's plate takes the guide's data points
+            # for a subsample of its own, and scales its sites by the ratio of the sizes
+            raise DataPlateError(
+                f"{PLATE_SIZES_DIFFER} ({role} site {name!r}: {frame.full_size} data points, other sites:"
+                f" {data_plate.full_size}), and Pyro takes the smaller for a subsample of the larger: give both the"
+                " same size, the batch's (pyro.plate('data', x.shape[0])) or the data set's with subsample=indices."
+            )
     return data_plate
 
 
@@ -406,32 +419,6 @@ def _is_particles(frame: CondIndepStackFrame) -> bool:
 def _data_frames(site: dict) -> list[CondIndepStackFrame]:
     """The site's vectorized plates apart from a particle plate, outermost first."""
     return [f for f in site["cond_indep_stack"] if f.vectorized and not _is_particles(f)]
-
-
-def _refuse_different_scales(scales: list[tuple[str, float]], num_model_sites: int, data_plate_size: int) -> None:
-    """
-    Refuse sites of different ``scales`` (``(site name, scale)``, the model's ``num_model_sites`` first),
-    saying where they come from when every model site has one scale ``s`` and every guide site 1, with
-    ``s`` times the data plate's size a whole number: a data plate of that size in the model and of
-    ``data_plate_size`` in the guide, which Pyro takes for a subsample of the model's.
-    """
-    listed = ", ".join(f"{name}: {scale:g}" for name, scale in scales)
-    cause = ""
-    model_scales = {scale for _, scale in scales[:num_model_sites]}
-    if len(model_scales) == 1 and {scale for _, scale in scales[num_model_sites:]} == {1.0}:
-        model_size = next(iter(model_scales)) * data_plate_size
-        if abs(model_size - round(model_size)) < 1e-6:
-            cause = (
-                f" If the model's data plate has size {round(model_size)} and the guide's {data_plate_size}, Pyro"
-                f" takes the guide's {data_plate_size} data points for a subsample of the model's and scales the"
-                " model's sites by the ratio: give both plates the same size, the batch's"
-                " (pyro.plate('data', x.shape[0])) or the data set's with subsample=indices in both."
-            )
-    raise DataPlateError(
-        f"the sites have different scales ({listed}): the IWAE bound weighs a whole data point at once, so"
-        " poutine.scale must cover every site of the model and the guide alike (a subsampled data plate does"
-        f" that).{cause}"
-    )
 
 
 def _scale(name: str, site: dict) -> float:

@@ -818,15 +818,34 @@ def test_a_data_plate_sized_for_the_whole_data_set_is_told_to_take_its_size_from
         whole = log_likelihood(model, exact_guide, data, num_particles=3, batch_size=12).log_likelihood
         assert near(whole, fa.log_marginal(data))
     # in batches: the plates of both sized 12 fail on 5 rows (Pyro's "not broadcastable", or torch's own
-    # error unvalidated)
-    message = "failed on a batch of 5 of the 12 rows.*pyro.plate\\('data', x.shape\\[0\\]\\).*batch_size=12"
+    # error unvalidated), and both are named
+    plates = "the model's pyro.plate\\('data', 12\\) and the guide's pyro.plate\\('data', 12\\)"
+    message = plates + " holds 12 data points, all the rows, but is given a batch of 5.*batch_size=12"
     for validation in (True, False):
         with pyro.validation_enabled(validation), pytest.raises(DataPlateError, match=message):
             log_likelihood(model, guide_of_the_same_size, data, num_particles=3, batch_size=5)
-    # the guide's plate sized 5 from the batch: Pyro makes the model's a subsample of 5 of 12, scaled by 12 / 5
-    message = "scales \\(z: 2.4, x: 2.4, z: 1\\).*the model's data plate has size 12 and the guide's 5"
+    # the guide's plate sized 5 from the batch: Pyro would make the model's a subsample of 5 of 12
+    message = "data plates have different sizes \\(guide site 'z': 5 data points, other sites: 12\\)"
     with pytest.raises(DataPlateError, match=message):
         log_likelihood(model, guide, data, num_particles=3, batch_size=5)
+
+
+def test_an_error_that_batches_do_not_cause_is_not_blamed_on_the_data_plate():
+    fa = Factor()
+    data = fa.data(4)
+
+    def model(x):  # a bug of the model's own: 4 latent dims, as many as data points, where the guide draws 2
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(4), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ fa.W.T + fa.b, fa.sigma).to_event(1), obs=x)
+
+    with pytest.raises(Exception) as raised:
+        log_likelihood(model, factor_guide(fa), data, num_particles=3, batch_size=2)
+    assert not isinstance(raised.value, DataPlateError), raised.value
+    # tempering the whole model (twice its log-density) is a scale, not a subsample: not blamed on plate sizes
+    with pytest.raises(DataPlateError, match="different scales") as refused:
+        log_likelihood(poutine.scale(factor_model(fa), 2.0), factor_guide(fa), data, num_particles=3, batch_size=2)
+    assert "size" not in str(refused.value)  # no plate of another size named
 
 
 # ----------------------------------------------------------------------------------------------------------------------
