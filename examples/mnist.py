@@ -37,7 +37,8 @@ def main(config: RunConfig) -> dict:
     if config.directory.exists() and not config.directory.is_dir():
         raise ConfigError(f"--out {config.directory} is a file: name a directory (made if missing)")
     dataset = load_dataset(config.dataset, config.data_dir, config.train_size, config.test_size)
-    config.directory.mkdir(parents=True, exist_ok=True)
+    if not config.resume:  # a run to resume has its directory: a failed --resume leaves none behind
+        config.directory.mkdir(parents=True, exist_ok=True)
     pyro.enable_validation(config.validate)
 
     # the model p(x, z) and the guide q(z | x) of Burda et al. (2016), section 5

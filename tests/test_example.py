@@ -134,6 +134,7 @@ def test_user_errors_get_one_line_without_traceback(tmp_path, data_dir):
     )
     assert no_checkpoint.returncode == 1 and "Traceback" not in no_checkpoint.stderr
     assert "no checkpoint at" in no_checkpoint.stderr and "without --resume" in no_checkpoint.stderr
+    assert not (tmp_path / "fresh").exists()  # no empty run directory left behind
     (tmp_path / "a-file").write_text("")
     out_is_a_file = run_example("--data-dir", data_dir, "--epochs", "1", "--out", tmp_path / "a-file")
     assert out_is_a_file.returncode == 2 and "Traceback" not in out_is_a_file.stderr
