@@ -289,7 +289,8 @@ def _explain_a_data_plate_of_every_row(
         pyro.util.set_rng_state(rng_state)
     if plates:
         raise DataPlateError(
-            f"{' and '.join(plates)} holds {num_data} data points, all the rows, but is given a batch of"
+            f"{' and '.join(plates)} {'hold' if len(plates) > 1 else 'holds'} {num_data} data points, all the rows,"
+            f" but {'are' if len(plates) > 1 else 'is'} given a batch of"
             f" {batch[0].shape[0]} of them: size the data plate from the batch (pyro.plate('data', x.shape[0])),"
             f" or give it subsample=indices with the indices passed as data too, or pass batch_size={num_data}."
         ) from error

@@ -820,7 +820,7 @@ def test_a_data_plate_sized_for_the_whole_data_set_is_told_to_take_its_size_from
     # in batches: the plates of both sized 12 fail on 5 rows (Pyro's "not broadcastable", or torch's own
     # error unvalidated), and both are named
     plates = "the model's pyro.plate\\('data', 12\\) and the guide's pyro.plate\\('data', 12\\)"
-    message = plates + " holds 12 data points, all the rows, but is given a batch of 5.*batch_size=12"
+    message = plates + " hold 12 data points, all the rows, but are given a batch of 5.*batch_size=12"
     for validation in (True, False):
         with pyro.validation_enabled(validation), pytest.raises(DataPlateError, match=message):
             log_likelihood(model, guide_of_the_same_size, data, num_particles=3, batch_size=5)
