@@ -272,21 +272,17 @@ def _explain_a_data_plate_of_every_row(
     if isinstance(error, DataPlateError):
         return
     plates = []
-    rng_state = pyro.util.get_rng_state()
-    try:
-        for role, function in (("model", model), ("guide", guide)):
-            with poutine.block(), poutine.trace() as tracer:
-                try:
-                    function(*batch, **kwargs)
-                except Exception:  # it fails where it fails: the plates opened before are in the trace
-                    pass
-            plates += [
-                f"the {role}'s pyro.plate({name!r}, {site['fn'].size})"
-                for name, site in tracer.trace.nodes.items()
-                if isinstance(site["fn"], _Subsample) and site["value"] is not None and len(site["value"]) == num_data
-            ]
-    finally:
-        pyro.util.set_rng_state(rng_state)
+    for role, function in (("model", model), ("guide", guide)):
+        with _random_state_kept(batch[0].device), poutine.block(), poutine.trace() as tracer:
+            try:
+                function(*batch, **kwargs)
+            except Exception:  # it fails where it fails: the plates opened before are in the trace
+                pass
+        plates += [
+            f"the {role}'s pyro.plate({name!r}, {site['fn'].size})"
+            for name, site in tracer.trace.nodes.items()
+            if isinstance(site["fn"], _Subsample) and site["value"] is not None and len(site["value"]) == num_data
+        ]
     if plates:
         raise DataPlateError(
             f"{' and '.join(plates)} {'hold' if len(plates) > 1 else 'holds'} {num_data} data points, all the rows,"
