@@ -599,7 +599,7 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
         f" the train–test gap is test NLL − train NLL ({PAPER_GAP} nats for Burda et al.'s models, as quoted to"
         " us: not checked against the paper). Active units:"
         f" Var_x(E_q[z_u|x]) > {ACTIVITY_THRESHOLD} on the test images, for the final weights (an unfinished run:"
-        " its latest snapshot, at the epoch named). Training time: the sum of"
+        " its latest snapshot, else its checkpoint, at the epoch named). Training time: the sum of"
         " `history.csv`'s epoch times."
         f" Every evaluation here draws batch i of its images from a seed made of {SEED} and i"
         f" (`log_likelihood(..., seed={SEED})`). 'Burda et al.': Table 1 of the paper"
@@ -612,16 +612,14 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
     ]
     if notes:
         text += ["", *notes]
-    text += ["", "## Commands", "", "Training:", ""]
-    if any(is_full_schedule(Path(r["source"])) for r in records):
-        text += [
-            "    bash benchmarks/full_schedule.sh ../shared/data",
-            "",
-            SCRIPT_FLAGS,
-            "",
-        ]
-    text += [f"    {command}" for command in commands["training"].values()]
-    text += ["", "This table:", "", f"    {commands['table']}"]
+    text += ["", "## Commands", ""]
+    if commands["training"]:  # weights files alone were scored: their training is not run from here
+        text += ["Training:", ""]
+        if any(is_full_schedule(Path(r["source"])) for r in records):
+            text += ["    bash benchmarks/full_schedule.sh ../shared/data", "", SCRIPT_FLAGS, ""]
+        text += [f"    {command}" for command in commands["training"].values()]
+        text += [""]
+    text += ["This table:", "", f"    {commands['table']}"]
     if weights:
         example = next(iter(weights.values()))
         text += [
@@ -655,16 +653,16 @@ def write_table(records: list[dict], settings: dict, commands: dict, weights: di
 def latest_unit_variances(runs: list[Run], data: Data, num_images: int | None) -> dict[str, tuple[int, torch.Tensor]]:
     """
     Var_x(E_q[z_u | x]) of every latent unit (:func:`pyro_iwae.evaluation.unit_variances`, the layers'
-    units one after the other) for each run's latest weights (the final ones, else its last snapshot),
-    over ``num_images`` test images (:func:`spread`): ``{run name: (epoch, [units] variances)}``.
+    units one after the other) for each run's latest weights (the final ones, else its last snapshot, else
+    its checkpoint: a run restored on a fresh machine has no snapshots yet), over ``num_images`` test images
+    (:func:`spread`): ``{run name: (epoch, [units] variances)}``.
     """
     variances = {}
     for run in runs:
-        stored = run.final or (read_weights(run.snapshots[-1]) if run.snapshots else None)
-        if stored is not None:
-            test = data.images(run.config.get("dataset", "mnist"), "test", num_images)
-            per_layer = unit_variances(stored.model(data.device).guide, test)
-            variances[run.name] = stored.epoch, torch.cat(list(per_layer.values()))
+        stored = run.final or read_weights(run.snapshots[-1] if run.snapshots else run.path)
+        test = data.images(run.config.get("dataset", "mnist"), "test", num_images)
+        per_layer = unit_variances(stored.model(data.device).guide, test)
+        variances[run.name] = stored.epoch, torch.cat(list(per_layer.values()))
     return variances
 
 

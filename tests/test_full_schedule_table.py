@@ -217,6 +217,10 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
         cache = json.loads((rescored / "evaluations.json").read_text())
         next(e for e in cache["evaluations"] if e["split"] == "test")["nll"] = 321.0
         (rescored / "evaluations.json").write_text(json.dumps(cache))
+    # its commands: this one, no training (a weights file alone does not say how to train it again)
+    commands = (rescored / "table.md").read_text().split("## Commands")[1]
+    assert "Training:" not in commands and "python benchmarks/full_schedule_table.py" in commands
+    assert "Training:\n\n    python examples/mnist.py " in (out / "table.md").read_text()
 
     # a rerun takes what it scored before from evaluations.json, scores only new weights, and --final
     # scores the unfinished run from its latest weights
@@ -274,6 +278,13 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     result = table_script(*flags)
     assert result.returncode == 0, result.stderr
     assert json.loads((out / "curve.json").read_text())["runs"]["mnist-iwae-k5-1layer"]["loss"] == loss
+
+    # an unfinished run restored with no snapshot at all: the active units of its checkpoint (epoch 2)
+    shutil.rmtree(unfinished / "weights")
+    result = table_script(*flags)
+    assert result.returncode == 0, result.stderr
+    restored = json.loads((out / "results.json").read_text())["runs"][1]
+    assert restored["latest_active_units"] == {"epoch": 2, "count": forced["active_units"]}
 
 
 def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
