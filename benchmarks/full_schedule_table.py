@@ -134,6 +134,8 @@ class Run:
     snapshots: list[Path] = field(default_factory=list)
     #: the final weights (read once, so that a run still training cannot change them under us)
     final: StoredWeights | None = None
+    #: the latest weights, its checkpoint's (read with :attr:`final`, once)
+    latest: StoredWeights | None = None
     #: its name in the table and the plot: :attr:`label`, and the run's name where two runs share a label
     display: str = ""
 
@@ -188,14 +190,14 @@ def read_run(path: Path, final: bool) -> Run:
         )
     stored = read_weights(path)
     if path.is_file():
-        return Run(path.stem, path, stored.config, final=stored)
+        return Run(path.stem, path, stored.config, final=stored, latest=stored)
     metrics_path = path / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     # a run restored from a kept checkpoint (benchmarks/full_schedule.sh) has its history only there
     history = read_history(path / "history.csv") if (path / "history.csv").exists() else stored.history
     snapshots = sorted((path / "weights").glob("epoch-*.pt"))
     finished = metrics is not None or final
-    return Run(path.name, path, stored.config, history, metrics, snapshots, stored if finished else None)
+    return Run(path.name, path, stored.config, history, metrics, snapshots, stored if finished else None, stored)
 
 
 def weights_digest(module: dict) -> str:
@@ -659,7 +661,7 @@ def latest_unit_variances(runs: list[Run], data: Data, num_images: int | None) -
     """
     variances = {}
     for run in runs:
-        stored = run.final or read_weights(run.snapshots[-1] if run.snapshots else run.path)
+        stored = run.final or (read_weights(run.snapshots[-1]) if run.snapshots else run.latest)
         test = data.images(run.config.get("dataset", "mnist"), "test", num_images)
         per_layer = unit_variances(stored.model(data.device).guide, test)
         variances[run.name] = stored.epoch, torch.cat(list(per_layer.values()))

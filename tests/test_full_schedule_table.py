@@ -285,6 +285,7 @@ def test_table_script_end_to_end(tiny_run, data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     restored = json.loads((out / "results.json").read_text())["runs"][1]
     assert restored["latest_active_units"] == {"epoch": 2, "count": forced["active_units"]}
+    assert f"| – | – | {forced['active_units']} at epoch 2 |" in (out / "table.md").read_text()
 
 
 def test_table_script_refuses_a_bad_path_in_one_line(tmp_path):
